@@ -5,7 +5,9 @@ by default) and generate from the same random prompts: a 64-token prompt, exactl
 (min_new_tokens = max_new_tokens, so both do the same work), batch 1 and batch 8. The generated
 tokens are checked to be identical. tokens/s counts new tokens over the whole call (prefill included).
 GFLOP/s uses 2 * N per generated token (N = non-embedding params + LM head; attention over the cache
-not counted).
+not counted). Decoding streams every weight once per step whatever the batch, so at batch 1 the bound is
+memory bandwidth, not FLOPs: "weight GB/s" = N * bytes per parameter * new tokens per sequence / wall
+seconds, shown against a read bandwidth measured in the same run (summing a 512 MiB tensor).
 
     python benchmarks/bench_generate.py                      # 124M, batch 1 and 8, CPU fp32, sdpa
     python benchmarks/bench_generate.py --batches 1 --repeats 5
@@ -60,6 +62,7 @@ def main(argv=None) -> None:
     arch = {"n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": args.n_head}
     print(f"greedy generation: ours vs stock GPT-2 on {device} {args.dtype}, attn={args.attn}", file=sys.stderr)
     peak = common.peak_matmul_gflops(device, dtype)
+    bandwidth = common.read_bandwidth_gbs(device)
     rows, cases = [], {}
     with common.temp_checkpoint_dir() as folder:
         common.save_reference_checkpoint(common.gpt2_config(arch), "causal_lm", folder, args.seed)
@@ -77,17 +80,21 @@ def main(argv=None) -> None:
             new = batch * args.new_tokens
             rows.append({"case": label, "metric": "new tokens/s", "values": {n: new / wall[n] for n in names}})
             rows.append({"case": label, "metric": "GFLOP/s", "values": {n: 2 * n_flop * new / wall[n] / 1e9 for n in names}})
+            streamed = n_flop * torch.finfo(dtype).bits // 8 * args.new_tokens
+            rows.append({"case": label, "metric": "weight GB/s", "values": {n: streamed / wall[n] / 1e9 for n in names}})
+            rows.append({"case": label, "metric": "% of read bandwidth",
+                         "values": {n: 100 * streamed / wall[n] / 1e9 / bandwidth for n in names}})
             cases[label] = {"times": times, "median_wall_s": wall, "identical_tokens": same}
             print(f"  {label}: generated tokens identical to stock: {same}", file=sys.stderr)
     common.print_table(
         f"Greedy generation with KV cache, {device} {args.dtype}, attn={args.attn}; FLOPs = 2*N per new token; "
-        f"matmul peak {peak:.0f} GFLOP/s",
+        f"matmul peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s",
         rows,
         names,
     )
     common.write_json(args.json, {
         "benchmark": "generate", "environment": common.environment(device), "args": vars(args),
-        "flop_rule": "2 * N per generated token", "matmul_peak_gflops": peak, "rows": rows, "cases": cases,
+        "flop_rule": "2 * N per generated token", "matmul_peak_gflops": peak, "read_bandwidth_gbs": bandwidth, "rows": rows, "cases": cases,
     })
 
 

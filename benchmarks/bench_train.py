@@ -121,16 +121,21 @@ def check_equal(models, ids) -> dict:
     return out
 
 
-def memory_child(args) -> None:
+def child(args) -> None:
+    """A `--memory-child` or `--timing-child` process: one model, one architecture."""
     common.quiet_transformers()
     device = common.setup(args)
     (_, spec), = cases(args)
+    name = args.memory_child or args.timing_child
 
     def factory():
-        model = common.load_model(args.memory_child, "causal_lm", args.checkpoint, args, device)
+        model = common.load_model(name, "causal_lm", args.checkpoint, args, device)
         return make_step(model, make_batch(spec, args, device), args.lr)
 
-    common.memory_child_main(factory, device, warmup=2)
+    if args.memory_child:
+        common.memory_child_main(factory, device, warmup=2)
+    else:
+        common.timing_child_main(factory, device, warmup=spec["warmup"])
 
 
 def child_argv(args, arch_name, spec, folder) -> list[str]:
@@ -150,8 +155,8 @@ def child_argv(args, arch_name, spec, folder) -> list[str]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.memory_child:
-        return memory_child(args)
+    if args.memory_child or args.timing_child:
+        return child(args)
     common.quiet_transformers()
     device = common.setup(args)
     names = common.contenders(args)
@@ -171,9 +176,16 @@ def main(argv=None) -> None:
             ids = make_batch(spec, args, device)
             check = {} if args.no_check else check_equal(models, ids)
             n_flop = common.flop_params(models[common.STOCK], "causal_lm")
-            steps = {name: make_step(model, ids, args.lr) for name, model in models.items()}
-            times = common.alternate(steps, device, spec["warmup"], spec["repeats"])
-            del steps, models
+            if args.same_process:
+                steps = {name: make_step(model, ids, args.lr) for name, model in models.items()}
+                times = common.alternate(steps, device, spec["warmup"], spec["repeats"])
+                del steps
+            del models
+            if not args.same_process:
+                times = common.alternate_in_processes(
+                    os.path.abspath(__file__), child_argv(args, arch_name, spec, folder), names,
+                    spec["warmup"], spec["repeats"], settle=args.settle,
+                )
             memory = {}
             if not args.no_memory:
                 memory = common.run_memory_children(

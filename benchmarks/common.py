@@ -87,6 +87,15 @@ def add_common_args(parser: argparse.ArgumentParser, *, warmup: int, repeats: in
         "(for trying changes without touching the package)",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the ours-equals-stock output check")
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="time all contenders in this one process (default: one process each, stepped in turn)",
+    )
+    parser.add_argument(
+        "--settle", type=int, default=1, help="untimed steps a contender takes before each timed one (default 1)"
+    )
+    parser.add_argument("--timing-child", default=None, help=argparse.SUPPRESS)
 
 
 def setup(args) -> torch.device:
@@ -222,6 +231,84 @@ def alternate(
     return times
 
 
+class _StepWorker:
+    """One contender in its own long-lived process (`script argv --timing-child NAME`), stepped on request."""
+
+    def __init__(self, script: str, argv: list[str], name: str):
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, script, *argv, "--timing-child", name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        self._read("ready")
+
+    def _read(self, expect: str) -> str:
+        for line in self.proc.stdout:
+            line = line.strip()
+            if line == expect or (expect == "{" and line.startswith("{")):
+                return line
+        code = self.proc.wait()
+        raise RuntimeError(f"timing process for {self.name} ended early (exit {code}); its stderr is above")
+
+    def step(self, settle: int = 0) -> tuple[float, float]:
+        self.proc.stdin.write(f"step {settle}\n")
+        result = json.loads(self._read("{"))
+        return result["wall"], result["cpu"]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+def alternate_in_processes(
+    script: str, argv: list[str], names: list[str], warmup: int, repeats: int, settle: int = 1, log: bool = True
+) -> dict[str, dict[str, list[float]]]:
+    """Like `alternate`, but each contender lives in its own process, as in a real training run.
+
+    On CPU the allocator's state is per process: large tensors are mapped and page-faulted afresh
+    or reused depending on what ran before, and one contender's frees change the cost of the
+    other's allocations. Separate processes, stepped one at a time, keep the alternation (both
+    see the same machine load) without that cross-talk. Each timed step follows `settle` untimed
+    steps of the same contender: in a VM that hands freed pages back to its host, the first step
+    after a switch re-faults memory the other contender released, a cost no real run pays.
+    """
+    workers = {}
+    try:
+        for name in names:  # one at a time: a worker warms up while the others wait idle
+            workers[name] = _StepWorker(script, [*argv, "--warmup", str(warmup)], name)
+        times = {name: {"wall": [], "cpu": []} for name in names}
+        for r in range(repeats):
+            order = names if r % 2 == 0 else names[::-1]
+            for name in order:
+                wall, cpu = workers[name].step(settle)
+                times[name]["wall"].append(wall)
+                times[name]["cpu"].append(cpu)
+                if log:
+                    print(f"    round {r + 1}/{repeats} {name:8s} {wall:8.3f} s wall {cpu:8.3f} s cpu", file=sys.stderr)
+        return times
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def timing_child_main(step_factory: Callable[[], Callable[[], Any]], device: torch.device, warmup: int) -> None:
+    """Body of a `--timing-child` process: build, warm up, then time one step per "step" line on stdin."""
+    step = step_factory()
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command, *rest = line.split() or [""]
+        if command != "step":
+            continue
+        for _ in range(int(rest[0]) if rest else 0):
+            step()
+        wall, cpu = time_call(step, device)
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -237,6 +324,18 @@ def peak_matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 204
     for _ in range(repeats):
         wall, _ = time_call(lambda: a @ b, device)
         rates.append(2 * size**3 / wall / 1e9)
+    return median(rates)
+
+
+def read_bandwidth_gbs(device: torch.device, megabytes: int = 512, repeats: int = 7) -> float:
+    """Median GB/s of summing a `megabytes` float32 tensor: the memory-read roofline that bounds
+    batch-1 decoding, where every weight is streamed once per generated token."""
+    x = torch.ones(megabytes * 2**20 // 4, device=device)
+    x.sum()
+    rates = []
+    for _ in range(repeats):
+        wall, _ = time_call(lambda: x.sum(), device)
+        rates.append(x.numel() * 4 / wall / 1e9)
     return median(rates)
 
 
@@ -316,6 +415,23 @@ def run_memory_children(script: str, argv: list[str], names: list[str], device: 
             raise RuntimeError(f"memory measurement for {name} failed (exit {proc.returncode})")
         results[name] = json.loads(line)
     return results
+
+
+def passthrough_argv(argv: list[str] | None, extra: list[str]) -> list[str]:
+    """This process's flags (without --json) plus `extra`, for a memory child of the same script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--json":
+            skip = True
+            continue
+        if item.startswith("--json="):
+            continue
+        out.append(item)
+    return out + extra
 
 
 def memory_child_main(step_factory: Callable[[], Callable[[], Any]], device: torch.device, warmup: int) -> None:

@@ -148,6 +148,39 @@ def test_chunked_loss_handles_num_items_in_batch_and_small_chunks():
         assert max_diff(a, b) < 1e-5
 
 
+def test_chunked_loss_with_every_label_ignored_is_zero_with_zero_gradients():
+    hidden = torch.randn(2, 5, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    loss = chunked_causal_lm_loss(hidden, weight, torch.full((2, 5), -100))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert hidden.grad.abs().max().item() == 0.0 and weight.grad.abs().max().item() == 0.0
+
+
+def test_chunked_loss_refuses_a_second_backward_with_a_clear_error():
+    hidden = torch.randn(1, 6, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    loss = chunked_causal_lm_loss(hidden, weight, torch.randint(0, 30, (1, 6)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="return_logits=True"):
+        loss.backward()
+
+
+def test_chunked_loss_in_bf16_follows_the_fp32_loss():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 40, 32)
+    weight = torch.randn(200, 32) * 0.1
+    labels = torch.randint(0, 200, (3, 40))
+    reference = chunked_causal_lm_loss(hidden, weight, labels, chunk_size=16)
+    h16 = hidden.bfloat16().requires_grad_()
+    w16 = weight.bfloat16().requires_grad_()
+    low = chunked_causal_lm_loss(h16, w16, labels, chunk_size=16)
+    low.backward()
+    assert low.dtype == torch.float32 and abs(low.item() - reference.item()) < 0.05
+    assert h16.grad.dtype == torch.bfloat16 and w16.grad.dtype == torch.bfloat16
+    assert torch.isfinite(h16.grad.float()).all() and w16.grad.float().abs().sum() > 0
+
+
 def test_training_mode_returns_no_logits_unless_asked_eval_mode_does():
     model = GPTForCausalLM(tiny_config())
     ids = torch.randint(0, 100, (1, 5))

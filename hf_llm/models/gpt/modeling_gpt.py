@@ -227,54 +227,76 @@ def _checkpoint_uses_conv1d_layout(state_dict, checkpoint_files) -> bool:
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Cross-entropy of `hidden @ weight.T` against `targets`, one row chunk at a time.
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`, one row chunk at a time.
 
-    The full (tokens, vocab) logits never exist: each chunk's logits are made, turned into the loss
-    and the gradients of hidden and weight, and dropped. Backward only scales the stored gradients.
-    Returns the summed loss over targets != ignore_index.
+    The full (tokens, vocab) logits never exist. Each chunk's logits are made, turned into the loss
+    and into the gradients of hidden and weight, and dropped, so backward only scales the stored
+    gradients: three matrix products in all, as in the plain path. Two chunk-sized buffers serve
+    every chunk and the kernels write into them in place: on CPU a fresh allocation of this size
+    is mapped and page-faulted anew each time, which costs more than the arithmetic on it.
+    Every target must be a class index (the caller drops ignored positions first).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size):
+    def forward(ctx, hidden, weight, targets, chunk_size):
         device_type = hidden.device.type
         compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
         need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight_grad else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        step = max(1, min(chunk_size, rows))
+        device = hidden.device
+        grad_hidden = torch.empty(hidden.shape, dtype=compute_dtype, device=device) if need_hidden_grad else None
+        grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=device) if need_weight_grad else None
+        if need_weight_grad and rows == 0:
+            grad_weight.zero_()
+        total = torch.zeros((), dtype=torch.float32, device=device)
         w = weight.to(compute_dtype)
+        logits_buffer = torch.empty((step, vocab), dtype=compute_dtype, device=device)
+        log_probs_buffer = torch.empty((step, vocab), dtype=torch.float32, device=device)
         with torch.autocast(device_type, enabled=False):
-            for start in range(0, hidden.shape[0], chunk_size):
-                h = hidden[start : start + chunk_size].to(compute_dtype)
-                t = targets[start : start + chunk_size]
-                valid = t != ignore_index
-                logits = (h @ w.t()).float()
-                log_norm = torch.logsumexp(logits, dim=-1)
-                safe_t = torch.where(valid, t, 0)
-                target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
-                total += ((log_norm - target_logit) * valid).sum()
-                if need_hidden_grad or need_weight_grad:
-                    # d(loss)/d(logits) = softmax - one_hot(target), zero on ignored rows.
-                    grad_logits = torch.exp(logits - log_norm[:, None])
-                    grad_logits[torch.arange(len(t), device=t.device), safe_t] -= 1.0
-                    grad_logits *= valid[:, None]
-                    grad_logits = grad_logits.to(compute_dtype)
-                    if need_hidden_grad:
-                        grad_hidden[start : start + chunk_size] = (grad_logits @ w).to(hidden.dtype)
-                    if need_weight_grad:
-                        grad_weight += (grad_logits.t() @ h).float()
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
+            for start in range(0, rows, step):
+                h = hidden[start : start + step].to(compute_dtype)
+                t = targets[start : start + step]
+                n = h.shape[0]
+                logits = torch.mm(h, w.t(), out=logits_buffer[:n])
+                log_probs = torch.ops.aten._log_softmax.out(logits.float(), 1, False, out=log_probs_buffer[:n])
+                total -= log_probs.gather(1, t[:, None]).sum()
+                if not (need_hidden_grad or need_weight_grad):
+                    continue
+                # d(loss)/d(logits) = softmax - one_hot(target), made in place from the log-probs.
+                grad_logits = log_probs.exp_()
+                grad_logits[torch.arange(n, device=device), t] -= 1.0
+                if need_hidden_grad:
+                    torch.mm(grad_logits.to(compute_dtype), w, out=grad_hidden[start : start + n])
+                if need_weight_grad:
+                    if compute_dtype != torch.float32:
+                        chunk_grad = (grad_logits.to(compute_dtype).t() @ h).float()
+                        grad_weight.copy_(chunk_grad) if start == 0 else grad_weight.add_(chunk_grad)
+                    elif start == 0:
+                        torch.mm(grad_logits.t(), h, out=grad_weight)
+                    else:
+                        grad_weight.addmm_(grad_logits.t(), h)
+        # Kept on ctx, not saved: backward hands these very tensors on, scaled in place, so the
+        # (vocab, n_embd) weight gradient is not copied (tied embeddings add theirs into it).
+        ctx.gradients = [grad_hidden, grad_weight]
+        ctx.dtypes = (hidden.dtype, weight.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        if ctx.gradients is None:
+            raise RuntimeError(
+                "The chunked LM loss was back-propagated twice (retain_graph=True); its gradients are "
+                "handed on once. Compute the loss again, or call the model with return_logits=True."
+            )
+        grad_hidden, grad_weight = ctx.gradients
+        ctx.gradients = None
+        hidden_dtype, weight_dtype = ctx.dtypes
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+            grad_hidden = grad_hidden.mul_(grad_output.to(grad_hidden.dtype)).to(hidden_dtype)
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None
+            grad_weight = grad_weight.mul_(grad_output).to(weight_dtype)
+        return grad_hidden, grad_weight, None, None
 
 
 def chunked_causal_lm_loss(
@@ -283,7 +305,7 @@ def chunked_causal_lm_loss(
     labels: torch.Tensor,
     num_items_in_batch: torch.Tensor | int | None = None,
     ignore_index: int = -100,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy without materialising the full-vocabulary logits.
 
@@ -296,7 +318,10 @@ def chunked_causal_lm_loss(
     # Rows without a target cost nothing in the loss: skip them.
     keep = targets != ignore_index
     hidden, targets = hidden[keep], targets[keep]
-    total = _ChunkedLinearCrossEntropy.apply(hidden, lm_head_weight, targets, ignore_index, chunk_size)
+    if chunk_size is None:
+        # About 512 rows at GPT-2's vocabulary (measured fastest on CPU); more rows for small vocabularies.
+        chunk_size = max(512, 2**24 // lm_head_weight.shape[0])
+    total = _ChunkedLinearCrossEntropy.apply(hidden, lm_head_weight, targets, chunk_size)
     if num_items_in_batch is None:
         denominator = keep.sum().clamp(min=1)
     else:
