@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--n-embd", type=int, default=ARCH["n_embd"])
     parser.add_argument("--n-layer", type=int, default=ARCH["n_layer"])
     parser.add_argument("--n-head", type=int, default=ARCH["n_head"])
-    common.add_common_args(parser, warmup=1, repeats=3)
+    common.add_common_args(parser, warmup=1, repeats=3, settle=0)
     return parser.parse_args(argv)
 
 
@@ -75,7 +75,7 @@ def main(argv=None) -> None:
             calls = {name: make_generate(model, ids, args.new_tokens) for name, model in models.items()}
             outputs = {name: call() for name, call in calls.items()}
             same = all(torch.equal(outputs[name], outputs[common.STOCK]) for name in names)
-            times = common.alternate(calls, device, args.warmup, args.repeats)
+            times = common.alternate(calls, device, args.warmup, args.repeats, settle=args.settle)
             wall = {n: common.median(times[n]["wall"]) for n in names}
             new = batch * args.new_tokens
             rows.append({"case": label, "metric": "new tokens/s", "values": {n: new / wall[n] for n in names}})

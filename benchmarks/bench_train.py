@@ -178,7 +178,7 @@ def main(argv=None) -> None:
             n_flop = common.flop_params(models[common.STOCK], "causal_lm")
             if args.same_process:
                 steps = {name: make_step(model, ids, args.lr) for name, model in models.items()}
-                times = common.alternate(steps, device, spec["warmup"], spec["repeats"])
+                times = common.alternate(steps, device, spec["warmup"], spec["repeats"], settle=args.settle)
                 del steps
             del models
             if not args.same_process:

@@ -9,9 +9,15 @@ Every benchmark script in this folder follows the same recipe, implemented here 
 * Same data. Inputs are drawn once from a seeded generator and shared by all contenders.
 * Alternating timing. After warm-up, each round runs every contender once; the order flips every
   round (ours, stock / stock, ours / ...), so slow phases of a shared machine hit both alike. The
-  reported figure is the median over rounds. Wall-clock time is the headline; process CPU time
-  (user + system) is recorded as well, because on a machine shared with other jobs wall time
-  includes time spent waiting for a core and CPU time does not.
+  reported figure is the median over rounds. Training-type benchmarks keep each contender in its
+  own process (as in a real run: one model per process, the allocator's state its own), stepped one
+  at a time, and every timed step follows `--settle` untimed steps of the same contender (default
+  3): on a VM that returns freed pages to its host, the first steps after a switch re-fault memory
+  the other contender released, a cost no real run pays, and it falls hardest on whichever model
+  allocates more. `--same-process --settle 0` gives the plain in-process alternation.
+  Wall-clock time is the headline; process CPU time (user + system) is recorded as well, because on
+  a machine shared with other jobs wall time includes time spent waiting for a core and CPU time
+  does not.
 * A matrix-product peak measured in the same run (median of several square matmuls, by default
   fp32 2048 x 2048), so achieved GFLOP/s can be read against what this machine delivers right now.
   The peak is probed before and after the timed rounds; both probes are reported.
@@ -67,7 +73,7 @@ OURS, STOCK, VARIANT = "ours", "stock", "variant"
 # --------------------------------------------------------------------------------------------------
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, warmup: int, repeats: int) -> None:
+def add_common_args(parser: argparse.ArgumentParser, *, warmup: int, repeats: int, settle: int = 3) -> None:
     """Flags every benchmark accepts."""
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights/compute dtype")
@@ -93,7 +99,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, warmup: int, repeats: in
         help="time all contenders in this one process (default: one process each, stepped in turn)",
     )
     parser.add_argument(
-        "--settle", type=int, default=1, help="untimed steps a contender takes before each timed one (default 1)"
+        "--settle", type=int, default=settle, help=f"untimed calls a contender makes before each timed one (default {settle})"
     )
     parser.add_argument("--timing-child", default=None, help=argparse.SUPPRESS)
 
@@ -211,9 +217,11 @@ def time_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, float
 
 
 def alternate(
-    fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int, repeats: int, log: bool = True
+    fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int, repeats: int, settle: int = 0,
+    log: bool = True,
 ) -> dict[str, dict[str, list[float]]]:
-    """Warm each contender up, then time `repeats` rounds, flipping the order every round."""
+    """Warm each contender up, then time `repeats` rounds, flipping the order every round; each
+    timed call follows `settle` untimed calls of the same contender."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -223,6 +231,8 @@ def alternate(
     for r in range(repeats):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
+            for _ in range(settle):
+                fns[name]()
             wall, cpu = time_call(fns[name], device)
             times[name]["wall"].append(wall)
             times[name]["cpu"].append(cpu)

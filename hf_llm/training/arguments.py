@@ -134,6 +134,16 @@ class GenerateArguments:
     stream: bool = field(default=True, metadata={"help": "Print tokens as they are generated (single sequence only)."})
     adapter_name_or_path: str | None = field(default=None, metadata={"help": "A LoRA adapter folder to apply on the model."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, mps (default: the best available)."})
+    cache_implementation: str | None = field(
+        default=None,
+        metadata={"help": "KV cache: 'dynamic' (grows per token, the default) or 'static' (preallocated to the "
+                  "maximum length, fixed shapes: what --compile needs)."},
+    )
+    compile: bool = field(
+        default=False,
+        metadata={"help": "Compile the one-token decoding step with torch.compile (uses the static cache). The "
+                  "first call pays the compilation; later tokens run the compiled graph."},
+    )
 
 
 @dataclass

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, TextStreamer
+from transformers import CompileConfig, GenerationConfig, TextStreamer
 
 from ..models.gpt import GPTForCausalLM
 from .setup import RecipeError, check_weights_are_safe, resolve_tokenizer
@@ -53,6 +53,31 @@ def load_for_generation(model_args, gen_args, trust_remote_code: bool = False):
     return model.to(_device(gen_args.device)).eval(), tokenizer
 
 
+def decoding_compile_config(device: torch.device) -> CompileConfig:
+    """A `CompileConfig` that makes `generate` compile its decoding step on any device.
+
+    transformers compiles the decoding step by itself only on accelerators, and only with a static
+    cache; this asks for it everywhere, as one full graph with fixed shapes (the static cache keeps
+    every shape constant, so it compiles once). CUDA graphs ("reduce-overhead") only exist on CUDA.
+    """
+    config = CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else "default")
+    config._compile_all_devices = True
+    return config
+
+
+def cache_settings(gen_args, device: torch.device) -> dict:
+    """GenerationConfig fields for --cache_implementation and --compile."""
+    cache = gen_args.cache_implementation
+    if cache not in (None, "dynamic", "static"):
+        raise RecipeError(f"--cache_implementation {cache!r} is not known here; use 'dynamic' or 'static'.")
+    if gen_args.compile:
+        if cache == "dynamic":
+            raise RecipeError("--compile needs fixed shapes: use --cache_implementation static (or leave it unset).")
+        return {"cache_implementation": "static", "compile_config": decoding_compile_config(device)}
+    # Without --compile nothing is compiled, whatever the device.
+    return {"cache_implementation": cache, "disable_compile": True}
+
+
 def read_prompt(prompt: str | None, default: str) -> str:
     """The prompt flag; '-' or no flag with piped input reads standard input; else `default`."""
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
@@ -86,6 +111,7 @@ def generate_text(model, tokenizer, prompt: str, gen_args) -> list[str]:
         num_return_sequences=gen_args.num_return_sequences,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **cache_settings(gen_args, device),
     )
     streamer = None
     if gen_args.stream and gen_args.num_return_sequences == 1 and gen_args.num_beams == 1:

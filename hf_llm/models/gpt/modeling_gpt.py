@@ -299,6 +299,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
+# Left to eager mode under torch.compile: the chunk loop writes into reused buffers in place, and
+# dropping ignored rows gives data-dependent shapes; both would break or bloat a traced graph.
+@torch.compiler.disable
 def chunked_causal_lm_loss(
     hidden_states: torch.Tensor,
     lm_head_weight: torch.Tensor,
