@@ -498,8 +498,8 @@ def unload_lora(model: nn.Module) -> nn.Module:
 
 
 def merge_and_unload_lora(model: nn.Module) -> nn.Module:
-    """Fold the active adapter into the base weights and return the model with plain `nn.Linear`
-    layers: the fine-tuned model, as fast as the base model and saveable with `save_pretrained`."""
+    """Fold the active adapter into the base weights and return the model with its own linear
+    layers back in place: the fine-tuned model, as fast as the base model and saveable with `save_pretrained`."""
     return _remove_lora_layers(model, merge=True)
 
 

@@ -7,7 +7,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 from hf_llm import GPT2_PRESETS, GPTConfig, GPTForCausalLM, GPTForSequenceClassification, GPTModel
 from hf_llm.export import export_to_gpt2, main as export_main
-from hf_llm.models.gpt.modeling_gpt import chunked_causal_lm_loss
+from hf_llm.models.gpt.modeling_gpt import GPTLinear, chunked_causal_lm_loss
 
 
 def tiny_config(**overrides):
@@ -269,3 +269,19 @@ def test_export_to_gpt2_writes_a_plain_gpt2_checkpoint(tmp_path):
         assert max_diff(stock(ids).logits, model(ids).logits) < 1e-5
     with pytest.raises(FileExistsError, match="not empty"):
         export_to_gpt2(model, tmp_path / "gpt2")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 24), (1, 1, 24), (2, 1, 24), (2, 24), (3, 1, 24), (4, 5, 24), (0, 24)])
+def test_gpt_linear_few_row_path_equals_nn_linear(shape, bias):
+    torch.manual_seed(0)
+    layer = GPTLinear(24, 40, bias=bias)
+    layer.few_rows = 3
+    x = torch.randn(*shape, requires_grad=True)
+    out = layer(x)
+    ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert out.shape == ref.shape and out.is_contiguous()
+    if x.numel():
+        assert max_diff(out, ref) < 1e-5
+        grad_out, grad_ref = torch.autograd.grad(out.square().sum(), x)[0], torch.autograd.grad(ref.square().sum(), x)[0]
+        assert max_diff(grad_out, grad_ref) < 1e-4
