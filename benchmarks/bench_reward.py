@@ -9,7 +9,7 @@ parameter + zero_grad. Pair lengths are drawn between half and all of --seq-len.
 
 FLOPs = 6 * N * real tokens (N = non-embedding params; the score head is n_embd x 1).
 
-    python benchmarks/bench_reward.py                        # 124M architecture, 4 pairs x 256, CPU fp32
+    python benchmarks/bench_reward.py                        # 124M architecture, 2 pairs x 256, CPU fp32
     python benchmarks/bench_reward.py --n-embd 256 --n-layer 4 --n-head 4 --pairs 8
     python benchmarks/bench_reward.py --device cuda --dtype bf16 --pairs 16 --seq-len 1024
 """
@@ -33,7 +33,7 @@ def parse_args(argv=None):
     parser.add_argument("--n-layer", type=int, default=12)
     parser.add_argument("--n-head", type=int, default=12)
     parser.add_argument("--vocab-size", type=int, default=50257)
-    parser.add_argument("--pairs", type=int, default=4, help="preference pairs per step (2x sequences)")
+    parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step (2x sequences)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--dropout", type=float, default=None, help="base-model dropout (default GPT-2's 0.1)")
     parser.add_argument("--lr", type=float, default=1e-5)

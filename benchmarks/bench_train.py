@@ -14,7 +14,7 @@ Reported per architecture (medians over alternating rounds, see common.py):
   peak step MiB   extra resident memory the step needs over what is live before it (CPU: VmHWM
                   reset + malloc_trim, one fresh subprocess per model; CUDA: max_memory_allocated)
 
-Default run (~2-3 minutes on 2 CPU cores): the small architecture (n_embd 256, 4 layers, 4 heads,
+Default run (~8 minutes on 2 CPU cores, memory children included): the small architecture (n_embd 256, 4 layers, 4 heads,
 vocab 50,257) at batch 8 x 256, and the 124M architecture at batch 2 x 256.
 
     python benchmarks/bench_train.py                         # both architectures, CPU fp32, sdpa
@@ -35,7 +35,7 @@ import common  # noqa: E402
 
 ARCHS = {
     "small": {"arch": {"n_embd": 256, "n_layer": 4, "n_head": 4}, "batch": 8, "seq_len": 256, "warmup": 2, "repeats": 5},
-    "124m": {"arch": {"n_embd": 768, "n_layer": 12, "n_head": 12}, "batch": 2, "seq_len": 256, "warmup": 1, "repeats": 4},
+    "124m": {"arch": {"n_embd": 768, "n_layer": 12, "n_head": 12}, "batch": 2, "seq_len": 256, "warmup": 1, "repeats": 5},
 }
 
 

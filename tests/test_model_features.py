@@ -131,15 +131,16 @@ def test_chunked_loss_equals_plain_loss_and_gradients():
         assert max_diff(plain[name], chunked[name]) < 1e-5, name
 
 
-def test_chunked_loss_handles_num_items_in_batch_and_small_chunks():
+@pytest.mark.parametrize("vocab", [50, 50257])
+def test_chunked_loss_handles_num_items_in_batch_and_small_chunks(vocab):
     torch.manual_seed(0)
     hidden = torch.randn(2, 9, 16, requires_grad=True)
-    weight = torch.randn(50, 16, requires_grad=True)
-    labels = torch.randint(0, 50, (2, 9))
+    weight = (torch.randn(vocab, 16) * 0.1).requires_grad_()  # GPT-2-like scale: logits of order 1
+    labels = torch.randint(0, vocab, (2, 9))
     labels[1, 2] = -100
     logits = hidden @ weight.t()
     shift = labels[:, 1:].reshape(-1)
-    plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), shift, ignore_index=-100, reduction="sum") / 7
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), shift, ignore_index=-100, reduction="sum") / 7
     chunked = chunked_causal_lm_loss(hidden, weight, labels, num_items_in_batch=7, chunk_size=3)
     assert abs(plain.item() - chunked.item()) < 1e-5
     g_plain = torch.autograd.grad(plain * 2.5, (hidden, weight))
@@ -285,3 +286,13 @@ def test_gpt_linear_few_row_path_equals_nn_linear(shape, bias):
         assert max_diff(out, ref) < 1e-5
         grad_out, grad_ref = torch.autograd.grad(out.square().sum(), x)[0], torch.autograd.grad(ref.square().sum(), x)[0]
         assert max_diff(grad_out, grad_ref) < 1e-4
+
+
+def test_cpu_log_softmax_may_write_over_its_input():
+    # The chunked loss relies on this on CPU (one buffer for logits and log-probs).
+    torch.manual_seed(0)
+    for rows, vocab in [(1, 7), (5, 1000), (3, 50257)]:
+        logits = torch.randn(rows, vocab) * 4
+        expected = torch.log_softmax(logits, dim=1)
+        torch.ops.aten._log_softmax.out(logits, 1, False, out=logits)
+        assert torch.equal(logits, expected)
