@@ -65,17 +65,7 @@ def make_batch(args, device):
 
 
 def make_step(model, ids, lr):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-
-    def step():
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+    return common.training_step(model, lambda: model(input_ids=ids, labels=ids).loss, lr)
 
 
 def check_equal(models, ids) -> dict:
@@ -101,13 +91,10 @@ def main(argv=None) -> None:
     common.quiet_transformers()
     device = common.setup(args)
     if args.memory_child or args.timing_child:
-        def factory():
-            model = load_lora_model(args.memory_child or args.timing_child, args.checkpoint, args, device)
-            return make_step(model, make_batch(args, device), args.lr)
+        def factory(name):
+            return make_step(load_lora_model(name, args.checkpoint, args, device), make_batch(args, device), args.lr)
 
-        if args.memory_child:
-            return common.memory_child_main(factory, device, warmup=1)
-        return common.timing_child_main(factory, device, warmup=args.warmup)
+        return common.child_main(args, factory, device, memory_warmup=1, timing_warmup=args.warmup)
 
     names = common.contenders(args)
     dtype = common.DTYPES[args.dtype]
@@ -124,20 +111,13 @@ def main(argv=None) -> None:
         n_flop = common.flop_params(models[common.STOCK], "causal_lm")
         trainable = {name: sum(p.numel() for p in m.parameters() if p.requires_grad) for name, m in models.items()}
         child_argv = common.passthrough_argv(argv, ["--checkpoint", folder])
-        if args.same_process:
-            steps = {name: make_step(model, ids, args.lr) for name, model in models.items()}
-            times = common.alternate(steps, device, args.warmup, args.repeats, settle=args.settle)
-            del steps
-        del models
-        if not args.same_process:
-            times = common.alternate_in_processes(
-                os.path.abspath(__file__), child_argv, names, args.warmup, args.repeats, settle=args.settle
-            )
+        times = common.time_training_steps(
+            args, models, lambda model: make_step(model, ids, args.lr), os.path.abspath(__file__), child_argv,
+            device, args.warmup, args.repeats,
+        )
         memory = {}
         if not args.no_memory:
-            memory = common.run_memory_children(
-                os.path.abspath(__file__), child_argv, names, device
-            )
+            memory = common.run_memory_children(os.path.abspath(__file__), child_argv, names, device)
     peak_after = common.peak_matmul_gflops(device, dtype)
     peak = common.median([peak_before, peak_after])
 

@@ -69,17 +69,7 @@ def load_reward_model(name, folder, args, device):
 
 
 def make_step(model, batch, lr):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-
-    def step():
-        loss = pairwise_loss(model, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+    return common.training_step(model, lambda: pairwise_loss(model, batch), lr)
 
 
 def check_equal(models, batch) -> dict:
@@ -104,13 +94,10 @@ def main(argv=None) -> None:
     common.quiet_transformers()
     device = common.setup(args)
     if args.memory_child or args.timing_child:
-        def factory():
-            model = load_reward_model(args.memory_child or args.timing_child, args.checkpoint, args, device)
-            return make_step(model, make_batch(args, device), args.lr)
+        def factory(name):
+            return make_step(load_reward_model(name, args.checkpoint, args, device), make_batch(args, device), args.lr)
 
-        if args.memory_child:
-            return common.memory_child_main(factory, device, warmup=1)
-        return common.timing_child_main(factory, device, warmup=args.warmup)
+        return common.child_main(args, factory, device, memory_warmup=1, timing_warmup=args.warmup)
 
     names = common.contenders(args)
     dtype = common.DTYPES[args.dtype]
@@ -127,15 +114,10 @@ def main(argv=None) -> None:
         check = {} if args.no_check else check_equal(models, batch)
         n_flop = common.flop_params(models[common.STOCK], "seq_cls")
         child_argv = common.passthrough_argv(argv, ["--checkpoint", folder])
-        if args.same_process:
-            steps = {name: make_step(model, batch, args.lr) for name, model in models.items()}
-            times = common.alternate(steps, device, args.warmup, args.repeats, settle=args.settle)
-            del steps
-        del models
-        if not args.same_process:
-            times = common.alternate_in_processes(
-                os.path.abspath(__file__), child_argv, names, args.warmup, args.repeats, settle=args.settle
-            )
+        times = common.time_training_steps(
+            args, models, lambda model: make_step(model, batch, args.lr), os.path.abspath(__file__), child_argv,
+            device, args.warmup, args.repeats,
+        )
         memory = {}
         if not args.no_memory:
             memory = common.run_memory_children(os.path.abspath(__file__), child_argv, names, device)

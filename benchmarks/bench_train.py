@@ -84,17 +84,7 @@ def make_batch(spec, args, device):
 
 
 def make_step(model, ids, lr):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-
-    def step():
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+    return common.training_step(model, lambda: model(input_ids=ids, labels=ids).loss, lr)
 
 
 def check_equal(models, ids) -> dict:
@@ -126,16 +116,12 @@ def child(args) -> None:
     common.quiet_transformers()
     device = common.setup(args)
     (_, spec), = cases(args)
-    name = args.memory_child or args.timing_child
 
-    def factory():
+    def factory(name):
         model = common.load_model(name, "causal_lm", args.checkpoint, args, device)
         return make_step(model, make_batch(spec, args, device), args.lr)
 
-    if args.memory_child:
-        common.memory_child_main(factory, device, warmup=2)
-    else:
-        common.timing_child_main(factory, device, warmup=spec["warmup"])
+    common.child_main(args, factory, device, memory_warmup=2, timing_warmup=spec["warmup"])
 
 
 def child_argv(args, arch_name, spec, folder) -> list[str]:
@@ -176,21 +162,14 @@ def main(argv=None) -> None:
             ids = make_batch(spec, args, device)
             check = {} if args.no_check else check_equal(models, ids)
             n_flop = common.flop_params(models[common.STOCK], "causal_lm")
-            if args.same_process:
-                steps = {name: make_step(model, ids, args.lr) for name, model in models.items()}
-                times = common.alternate(steps, device, spec["warmup"], spec["repeats"], settle=args.settle)
-                del steps
-            del models
-            if not args.same_process:
-                times = common.alternate_in_processes(
-                    os.path.abspath(__file__), child_argv(args, arch_name, spec, folder), names,
-                    spec["warmup"], spec["repeats"], settle=args.settle,
-                )
+            argv = child_argv(args, arch_name, spec, folder)
+            times = common.time_training_steps(
+                args, models, lambda model: make_step(model, ids, args.lr), os.path.abspath(__file__), argv,
+                device, spec["warmup"], spec["repeats"],
+            )
             memory = {}
             if not args.no_memory:
-                memory = common.run_memory_children(
-                    os.path.abspath(__file__), child_argv(args, arch_name, spec, folder), names, device
-                )
+                memory = common.run_memory_children(os.path.abspath(__file__), argv, names, device)
 
         wall = {n: common.median(times[n]["wall"]) for n in names}
         cpu = {n: common.median(times[n]["cpu"]) for n in names}

@@ -319,6 +319,46 @@ def timing_child_main(step_factory: Callable[[], Callable[[], Any]], device: tor
         print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
 
+def training_step(model, compute_loss: Callable[[], torch.Tensor], lr: float) -> Callable[[], torch.Tensor]:
+    """A step function: `compute_loss()`, backward, AdamW on the trainable parameters, zero_grad."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+
+    def step():
+        loss = compute_loss()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def time_training_steps(
+    args, models: dict[str, Any], make_step: Callable[[Any], Callable[[], Any]], script: str,
+    child_argv: list[str], device: torch.device, warmup: int, repeats: int,
+) -> dict[str, dict[str, list[float]]]:
+    """Time one step per contender: in this process with --same-process, else one worker process
+    each (`script child_argv --timing-child NAME`). Empties `models` first in either case, so the
+    in-process copies are freed before the timed steps or the workers start."""
+    names = list(models)
+    steps = {name: make_step(model) for name, model in models.items()} if args.same_process else None
+    models.clear()
+    if steps is not None:
+        return alternate(steps, device, warmup, repeats, settle=args.settle)
+    return alternate_in_processes(script, child_argv, names, warmup, repeats, settle=args.settle)
+
+
+def child_main(args, step_factory: Callable[[str], Callable[[], Any]], device: torch.device,
+               memory_warmup: int, timing_warmup: int) -> None:
+    """Body of a `--memory-child` or `--timing-child` process; `step_factory(name)` builds its step."""
+    name = args.memory_child or args.timing_child
+    if args.memory_child:
+        memory_child_main(lambda: step_factory(name), device, warmup=memory_warmup)
+    else:
+        timing_child_main(lambda: step_factory(name), device, warmup=timing_warmup)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
