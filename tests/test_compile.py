@@ -88,16 +88,10 @@ def test_generate_recipe_cache_flags():
 
 @needs_compiler
 def test_pretrain_recipe_with_torch_compile(tmp_path, shared_data):
-    from test_recipes import FAST, outputs, run_recipe
+    from test_recipes import char_pretrain_args, outputs, run_recipe
 
     out = tmp_path / "compiled"
-    run_recipe(
-        "pretrain", "--output_dir", str(out), "--tokenizer_name_or_path", "char",
-        "--dataset_name", str(shared_data / "raw" / "the-verdict.txt"),
-        "--n_layer", "2", "--n_embd", "32", "--n_positions", "64", "--block_size", "64",
-        "--max_steps", "15", "--learning_rate", "5e-3", "--sample_max_new_tokens", "4",
-        "--torch_compile", "true", *FAST,
-    )
+    run_recipe("pretrain", *char_pretrain_args(out, shared_data), "--sample_max_new_tokens", "4", "--torch_compile", "true")
     result = outputs(out)
     assert result["losses"][-1] < result["losses"][0] - 0.5
     # The saved checkpoint is the plain model (no torch.compile wrapper prefixes in its keys).

@@ -65,14 +65,19 @@ def test_pretrain_embedded_default(tmp_path):
     assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(out))
 
 
-def test_pretrain_char_level_tokenizer(tmp_path, shared_data):
-    out = tmp_path / "char"
-    run_recipe(
-        "pretrain", "--output_dir", str(out), "--tokenizer_name_or_path", "char",
+def char_pretrain_args(out: Path, shared_data: Path) -> list[str]:
+    """A 15-step character-level pretraining run on The Verdict, small enough for a test."""
+    return [
+        "--output_dir", str(out), "--tokenizer_name_or_path", "char",
         "--dataset_name", str(shared_data / "raw" / "the-verdict.txt"),
         "--n_layer", "2", "--n_embd", "32", "--n_positions", "64", "--block_size", "64",
-        "--max_steps", "15", "--learning_rate", "5e-3", "--sample_prompts", "I had", "--sample_max_new_tokens", "10", *FAST,
-    )
+        "--max_steps", "15", "--learning_rate", "5e-3", *FAST,
+    ]
+
+
+def test_pretrain_char_level_tokenizer(tmp_path, shared_data):
+    out = tmp_path / "char"
+    run_recipe("pretrain", *char_pretrain_args(out, shared_data), "--sample_prompts", "I had", "--sample_max_new_tokens", "10")
     assert_standard_outputs(out, adapter=False)
     result = outputs(out)
     assert result["losses"][-1] < result["losses"][0] - 0.5
