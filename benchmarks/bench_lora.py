@@ -41,6 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--alpha", type=int, default=32)
     parser.add_argument("--targets", nargs="+", default=["c_attn"])
+    common.add_optimizer_arg(parser)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
@@ -64,8 +65,8 @@ def make_batch(args, device):
     return torch.randint(0, args.vocab_size, (args.batch, args.seq_len), generator=generator).to(device)
 
 
-def make_step(model, ids, lr):
-    return common.training_step(model, lambda: model(input_ids=ids, labels=ids).loss, lr)
+def make_step(model, ids, args):
+    return common.training_step(model, lambda: model(input_ids=ids, labels=ids).loss, args.lr, args.optimizer)
 
 
 def check_equal(models, ids) -> dict:
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
     device = common.setup(args)
     if args.memory_child or args.timing_child:
         def factory(name):
-            return make_step(load_lora_model(name, args.checkpoint, args, device), make_batch(args, device), args.lr)
+            return make_step(load_lora_model(name, args.checkpoint, args, device), make_batch(args, device), args)
 
         return common.child_main(args, factory, device, memory_warmup=1, timing_warmup=args.warmup)
 
@@ -112,7 +113,7 @@ def main(argv=None) -> None:
         trainable = {name: sum(p.numel() for p in m.parameters() if p.requires_grad) for name, m in models.items()}
         child_argv = common.passthrough_argv(argv, ["--checkpoint", folder])
         times = common.time_training_steps(
-            args, models, lambda model: make_step(model, ids, args.lr), os.path.abspath(__file__), child_argv,
+            args, models, lambda model: make_step(model, ids, args), os.path.abspath(__file__), child_argv,
             device, args.warmup, args.repeats,
         )
         memory = {}
@@ -134,7 +135,7 @@ def main(argv=None) -> None:
     if memory:
         rows.append({"case": label, "metric": "peak step MiB", "values": {n: memory[n]["peak_step_mib"] for n in names}})
     common.print_table(
-        f"LoRA SFT step (fwd+bwd+AdamW on LoRA params), {device} {args.dtype}, attn={args.attn}; FLOPs = 4*N*tokens; "
+        f"LoRA SFT step (fwd+bwd+AdamW [{args.optimizer}] on LoRA params), {device} {args.dtype}, attn={args.attn}; FLOPs = 4*N*tokens; "
         f"matmul peak {peak_before:.0f}/{peak_after:.0f} GFLOP/s (before/after)",
         rows, names,
     )

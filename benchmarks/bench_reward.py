@@ -36,6 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step (2x sequences)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--dropout", type=float, default=None, help="base-model dropout (default GPT-2's 0.1)")
+    common.add_optimizer_arg(parser)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
@@ -68,8 +69,8 @@ def load_reward_model(name, folder, args, device):
     return model
 
 
-def make_step(model, batch, lr):
-    return common.training_step(model, lambda: pairwise_loss(model, batch), lr)
+def make_step(model, batch, args):
+    return common.training_step(model, lambda: pairwise_loss(model, batch), args.lr, args.optimizer)
 
 
 def check_equal(models, batch) -> dict:
@@ -95,7 +96,7 @@ def main(argv=None) -> None:
     device = common.setup(args)
     if args.memory_child or args.timing_child:
         def factory(name):
-            return make_step(load_reward_model(name, args.checkpoint, args, device), make_batch(args, device), args.lr)
+            return make_step(load_reward_model(name, args.checkpoint, args, device), make_batch(args, device), args)
 
         return common.child_main(args, factory, device, memory_warmup=1, timing_warmup=args.warmup)
 
@@ -115,7 +116,7 @@ def main(argv=None) -> None:
         n_flop = common.flop_params(models[common.STOCK], "seq_cls")
         child_argv = common.passthrough_argv(argv, ["--checkpoint", folder])
         times = common.time_training_steps(
-            args, models, lambda model: make_step(model, batch, args.lr), os.path.abspath(__file__), child_argv,
+            args, models, lambda model: make_step(model, batch, args), os.path.abspath(__file__), child_argv,
             device, args.warmup, args.repeats,
         )
         memory = {}
@@ -137,7 +138,7 @@ def main(argv=None) -> None:
     if memory:
         rows.append({"case": label, "metric": "peak step MiB", "values": {n: memory[n]["peak_step_mib"] for n in names}})
     common.print_table(
-        f"Reward-model step (pairwise loss, fwd+bwd+AdamW), {device} {args.dtype}, attn={args.attn}; "
+        f"Reward-model step (pairwise loss, fwd+bwd+AdamW [{args.optimizer}]), {device} {args.dtype}, attn={args.attn}; "
         f"FLOPs = 6*N*real tokens; matmul peak {peak_before:.0f}/{peak_after:.0f} GFLOP/s (before/after)",
         rows, names,
     )

@@ -1,6 +1,7 @@
 """Training-step throughput and peak memory: hf_llm GPTForCausalLM vs stock GPT2LMHeadModel.
 
-One step = forward with labels (causal-LM loss) + backward + AdamW step + zero_grad(set_to_none).
+One step = forward with labels (causal-LM loss) + backward + AdamW step + zero_grad(set_to_none); AdamW
+is the fused kernel that transformers' Trainer uses by default (`--optimizer for-loop` for torch's CPU default).
 Both models are loaded from one saved stock checkpoint (identical weights) and see the same token
 batch; both are in training mode, so hf_llm computes its loss with the chunked linear+cross-entropy
 (no full-vocabulary logits) while stock materialises the logits and uses its ForCausalLMLoss.
@@ -49,6 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=None, help="override the architecture's default batch size")
     parser.add_argument("--seq-len", type=int, default=None, help="override the default sequence length (256)")
     parser.add_argument("--dropout", type=float, default=None, help="resid/embd/attn dropout (default GPT-2's 0.1)")
+    common.add_optimizer_arg(parser)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)  # set for memory children
@@ -83,8 +85,8 @@ def make_batch(spec, args, device):
     return ids.to(device)
 
 
-def make_step(model, ids, lr):
-    return common.training_step(model, lambda: model(input_ids=ids, labels=ids).loss, lr)
+def make_step(model, ids, args):
+    return common.training_step(model, lambda: model(input_ids=ids, labels=ids).loss, args.lr, args.optimizer)
 
 
 def check_equal(models, ids) -> dict:
@@ -119,7 +121,7 @@ def child(args) -> None:
 
     def factory(name):
         model = common.load_model(name, "causal_lm", args.checkpoint, args, device)
-        return make_step(model, make_batch(spec, args, device), args.lr)
+        return make_step(model, make_batch(spec, args, device), args)
 
     common.child_main(args, factory, device, memory_warmup=2, timing_warmup=spec["warmup"])
 
@@ -127,7 +129,7 @@ def child(args) -> None:
 def child_argv(args, arch_name, spec, folder) -> list[str]:
     argv = ["--arch", arch_name, "--batch", str(spec["batch"]), "--seq-len", str(spec["seq_len"]),
             "--vocab-size", str(args.vocab_size), "--device", args.device, "--dtype", args.dtype,
-            "--attn", args.attn, "--seed", str(args.seed), "--lr", str(args.lr), "--checkpoint", folder]
+            "--attn", args.attn, "--seed", str(args.seed), "--lr", str(args.lr), "--optimizer", args.optimizer, "--checkpoint", folder]
     if arch_name == "custom":
         argv += ["--n-embd", str(args.n_embd), "--n-layer", str(args.n_layer), "--n-head", str(args.n_head)]
     if args.threads:
@@ -164,7 +166,7 @@ def main(argv=None) -> None:
             n_flop = common.flop_params(models[common.STOCK], "causal_lm")
             argv = child_argv(args, arch_name, spec, folder)
             times = common.time_training_steps(
-                args, models, lambda model: make_step(model, ids, args.lr), os.path.abspath(__file__), argv,
+                args, models, lambda model: make_step(model, ids, args), os.path.abspath(__file__), argv,
                 device, spec["warmup"], spec["repeats"],
             )
             memory = {}
@@ -192,7 +194,7 @@ def main(argv=None) -> None:
             rows.append({"case": row["case"], "metric": "% of matmul peak",
                          "values": {n: 100 * v / peak for n, v in row["values"].items()}})
     rows.sort(key=lambda r: r["case"])  # keep each case's rows together
-    title = (f"Training step (fwd+bwd+AdamW), {device} {args.dtype}, attn={args.attn}, dropout="
+    title = (f"Training step (fwd+bwd+AdamW [{args.optimizer}]), {device} {args.dtype}, attn={args.attn}, dropout="
              f"{args.dropout if args.dropout is not None else 0.1}; FLOPs = 6*N*tokens; "
              f"matmul peak {peak_before:.0f}/{peak_after:.0f} GFLOP/s (before/after)")
     common.print_table(title, rows, names)

@@ -319,9 +319,25 @@ def timing_child_main(step_factory: Callable[[], Callable[[], Any]], device: tor
         print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
 
-def training_step(model, compute_loss: Callable[[], torch.Tensor], lr: float) -> Callable[[], torch.Tensor]:
+# AdamW implementations: "fused" is one kernel per parameter group (the Trainer's default optimizer,
+# `adamw_torch_fused`, with torch >= 2.8); "for-loop" is torch's default outside the Trainer on CPU
+# and allocates several parameter-sized temporaries per step.
+OPTIMIZERS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+
+
+def add_optimizer_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--optimizer", default="fused", choices=sorted(OPTIMIZERS),
+        help="AdamW implementation (default fused: what transformers' Trainer runs by default)",
+    )
+
+
+def training_step(
+    model, compute_loss: Callable[[], torch.Tensor], lr: float, optimizer: str = "fused"
+) -> Callable[[], torch.Tensor]:
     """A step function: `compute_loss()`, backward, AdamW on the trainable parameters, zero_grad."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, **OPTIMIZERS[optimizer])
     model.train()
 
     def step():
