@@ -111,24 +111,64 @@ def test_gradient_checkpointing_gives_same_loss_and_gradients():
         assert max_diff(param.grad, reference[name]) < 1e-6, name
 
 
-def test_chunked_loss_equals_plain_loss_and_gradients():
+def _graph_node_names(grad_fn) -> set[str]:
+    seen, stack = set(), [grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+@pytest.mark.parametrize(
+    "case", ["tied", "untied", "token_type_ids", "accumulate", "frozen_embedding", "hidden_states_too"]
+)
+def test_chunked_loss_equals_plain_loss_and_gradients(case):
     torch.manual_seed(0)
-    model = GPTForCausalLM(tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train()
+    config = tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=case != "untied")
+    model = GPTForCausalLM(config).train()
+    if case == "frozen_embedding":
+        model.transformer.wte.weight.requires_grad_(False)
     ids = torch.randint(0, 100, (3, 20))
     labels = ids.clone()
     labels[0, :7] = -100
     labels[2, 15:] = -100
+    extra = {"token_type_ids": torch.randint(0, 100, (3, 20))} if case == "token_type_ids" else {}
     grads = []
     for return_logits in (True, False):
-        model.zero_grad()
-        out = model(ids, labels=labels, return_logits=return_logits)
-        assert (out.logits is None) == (not return_logits)
-        out.loss.backward()
-        grads.append((out.loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        model.zero_grad(set_to_none=True)
+        for _ in range(2 if case == "accumulate" else 1):  # gradient accumulation adds into .grad
+            out = model(ids, labels=labels, return_logits=return_logits, output_hidden_states=True, **extra)
+            assert (out.logits is None) == (not return_logits)
+            loss = out.loss + out.hidden_states[2].sum() * 1e-3 if case == "hidden_states_too" else out.loss
+            # With tied weights the chunked loss hands the head's gradient to the embedding lookup.
+            handed_over = "_TokenEmbeddingBackward" in _graph_node_names(loss.grad_fn)
+            assert handed_over == (not return_logits and case not in ("untied", "frozen_embedding"))
+            loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
     (plain_loss, plain), (chunked_loss, chunked) = grads
     assert abs(plain_loss - chunked_loss) < 1e-5
+    assert plain.keys() == chunked.keys()
     for name in plain:
+        assert chunked[name].layout == torch.strided
         assert max_diff(plain[name], chunked[name]) < 1e-5, name
+
+
+def test_embedding_gradient_without_the_loss_in_backward():
+    # The loss is computed but only another output is back-propagated: the embedding lookup gets
+    # no gradient from the loss and must still give the weight its own rows.
+    torch.manual_seed(0)
+    model = GPTForCausalLM(tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train()
+    ids = torch.randint(0, 100, (2, 12))
+    hidden = model(ids, labels=ids, output_hidden_states=True).hidden_states[1]
+    hidden.pow(2).sum().backward()
+    reference = model.transformer.wte.weight.grad.clone()
+    model.zero_grad(set_to_none=True)
+    model(ids, labels=ids, return_logits=True, output_hidden_states=True).hidden_states[1].pow(2).sum().backward()
+    assert max_diff(reference, model.transformer.wte.weight.grad) < 1e-6
+    assert reference.abs().sum() > 0
 
 
 @pytest.mark.parametrize("vocab", [50, 50257])
