@@ -301,6 +301,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     gradients: three matrix products in all, as in the plain path. Chunk-sized buffers serve every
     chunk and the kernels write into them in place: on CPU a fresh allocation of this size is
     mapped and page-faulted anew each time, which costs more than the arithmetic on it.
+    A chunk's logits are formed transposed, (vocab, rows) = `weight @ hidden.T`, and the softmax is
+    taken down the columns: on CPU this product runs 1.3-1.6x faster than `hidden @ weight.T`
+    (measured at n_embd 256 and 768), and the gradient products read that layout as fast.
     Every target must be a class index (the caller drops ignored positions first).
     """
 
@@ -318,34 +321,41 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_weight.zero_()
         total = torch.zeros((), dtype=torch.float32, device=device)
         w = weight.to(compute_dtype)
-        logits_buffer = torch.empty((step, vocab), dtype=compute_dtype, device=device)
-        # On CPU the fp32 log-softmax kernel reads each row fully before writing it, so it may
-        # overwrite its input: one buffer instead of two (fewer pages to fault in each step).
-        in_place = device.type == "cpu" and compute_dtype == torch.float32
-        log_probs_buffer = logits_buffer if in_place else torch.empty((step, vocab), dtype=torch.float32, device=device)
+        # Flat buffers, viewed as (vocab, n) for each chunk of n rows (the last may be shorter). The
+        # softmax is taken in float32: in place in the logits buffer when they are float32 already.
+        logits_buffer = torch.empty(vocab * step, dtype=compute_dtype, device=device)
+        float_buffer = logits_buffer if compute_dtype == torch.float32 else torch.empty(vocab * step, device=device)
         with torch.autocast(device_type, enabled=False):
             for start in range(0, rows, step):
                 h = hidden[start : start + step].to(compute_dtype)
                 t = targets[start : start + step]
                 n = h.shape[0]
-                logits = torch.mm(h, w.t(), out=logits_buffer[:n])
-                log_probs = torch.ops.aten._log_softmax.out(logits.float(), 1, False, out=log_probs_buffer[:n])
-                total -= log_probs.gather(1, t[:, None]).sum()
+                columns = torch.arange(n, device=device)
+                logits = torch.mm(w, h.t(), out=logits_buffer[: vocab * n].view(vocab, n))
+                probs = float_buffer[: vocab * n].view(vocab, n)
+                if probs.data_ptr() != logits.data_ptr():
+                    probs.copy_(logits)
+                # loss = log(sum(exp(logits - max))) - (logit of the target - max), per column.
+                probs.sub_(probs.amax(dim=0))
+                target_logits = probs[t, columns]
+                sums = probs.exp_().sum(dim=0)
+                total += (sums.log() - target_logits).sum()
                 if not (need_hidden_grad or need_weight_grad):
                     continue
-                # d(loss)/d(logits) = softmax - one_hot(target), made in place from the log-probs.
-                grad_logits = log_probs.exp_()
-                grad_logits[torch.arange(n, device=device), t] -= 1.0
+                # d(loss)/d(logits) = softmax - one_hot(target), made in place.
+                grad_logits = probs.mul_(sums.reciprocal_())
+                grad_logits[t, columns] -= 1.0
+                grad_logits = grad_logits.to(compute_dtype)
                 if need_hidden_grad:
-                    torch.mm(grad_logits.to(compute_dtype), w, out=grad_hidden[start : start + n])
+                    torch.mm(grad_logits.t(), w, out=grad_hidden[start : start + n])
                 if need_weight_grad:
                     if compute_dtype != torch.float32:
-                        chunk_grad = (grad_logits.to(compute_dtype).t() @ h).float()
+                        chunk_grad = (grad_logits @ h).float()
                         grad_weight.copy_(chunk_grad) if start == 0 else grad_weight.add_(chunk_grad)
                     elif start == 0:
-                        torch.mm(grad_logits.t(), h, out=grad_weight)
+                        torch.mm(grad_logits, h, out=grad_weight)
                     else:
-                        grad_weight.addmm_(grad_logits.t(), h)
+                        grad_weight.addmm_(grad_logits, h)
         # Kept on ctx, not saved: backward hands these very tensors on, scaled in place, so the
         # (vocab, n_embd) weight gradient is not copied (tied embeddings add theirs into it).
         ctx.gradients = [grad_hidden, grad_weight]
