@@ -334,7 +334,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 columns = torch.arange(n, device=device)
                 logits = torch.mm(w, h.t(), out=logits_buffer[: vocab * n].view(vocab, n))
                 probs = float_buffer[: vocab * n].view(vocab, n)
-                if probs.data_ptr() != logits.data_ptr():
+                if float_buffer is not logits_buffer:
                     probs.copy_(logits)
                 # loss = log(sum(exp(logits - max))) - (logit of the target - max), per column.
                 probs.sub_(probs.amax(dim=0))
@@ -628,6 +628,9 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
     def _can_hand_over_head_gradient(self) -> bool:
         """Whether the chunked loss may pass the tied weight's gradient to the embedding lookup.
 
@@ -647,9 +650,6 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             and torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
         )
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
 
     def forward(
         self,
