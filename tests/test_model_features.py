@@ -312,17 +312,42 @@ def test_export_to_gpt2_writes_a_plain_gpt2_checkpoint(tmp_path):
         export_to_gpt2(model, tmp_path / "gpt2")
 
 
+@pytest.mark.parametrize("product", ["plain", "transposed", None])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 24), (1, 1, 24), (2, 1, 24), (2, 24), (3, 1, 24), (4, 5, 24), (0, 24)])
-def test_gpt_linear_few_row_path_equals_nn_linear(shape, bias):
+def test_gpt_linear_few_row_products_equal_nn_linear(shape, bias, product, monkeypatch):
+    monkeypatch.setattr(GPTLinear, "few_rows_choices", {})
     torch.manual_seed(0)
     layer = GPTLinear(24, 40, bias=bias)
-    layer.few_rows = 3
+    layer.few_rows, layer.few_rows_product = 3, product
     x = torch.randn(*shape, requires_grad=True)
     out = layer(x)
     ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
     assert out.shape == ref.shape and out.is_contiguous()
+    rows = x.numel() // 24
+    # Without a forced product, the first input of 1-3 rows times both and records the faster.
+    timed = product is None and 0 < rows <= 3
+    key = (40, 24, bias, 1 << (rows - 1).bit_length(), x.dtype, torch.get_num_threads()) if timed else None
+    assert list(GPTLinear.few_rows_choices) == ([key] if timed else [])
+    assert set(GPTLinear.few_rows_choices.values()) <= {"plain", "transposed"}
     if x.numel():
         assert max_diff(out, ref) < 1e-5
         grad_out, grad_ref = torch.autograd.grad(out.square().sum(), x)[0], torch.autograd.grad(ref.square().sum(), x)[0]
         assert max_diff(grad_out, grad_ref) < 1e-4
+
+
+def test_gpt_linear_uses_the_recorded_choice(monkeypatch):
+    layer = GPTLinear(24, 40)
+    x = torch.randn(2, 24)
+    key = (40, 24, True, 2, x.dtype, torch.get_num_threads())
+    calls = []
+    def transposed(self, input, rows):
+        calls.append(rows)
+        return input @ self.weight.t()
+
+    monkeypatch.setattr(GPTLinear, "_transposed_product", transposed)
+    for choice, expected_calls in [("plain", []), ("transposed", [2])]:
+        calls.clear()
+        monkeypatch.setattr(GPTLinear, "few_rows_choices", {key: choice})
+        layer(x)
+        assert calls == expected_calls

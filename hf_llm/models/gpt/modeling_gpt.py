@@ -16,6 +16,7 @@ This file imports only torch, transformers and the config module: it also runs a
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -68,23 +69,33 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
 
 
 class GPTLinear(nn.Linear):
-    """`nn.Linear` that runs products of only a few rows as `weight @ input.T` on CPU.
+    """`nn.Linear` that, on CPU, runs inputs of only a few rows through the faster of two equal products.
 
-    Decoding feeds one token per sequence, so each projection sees one or a few rows. CPU BLAS turns
-    `x @ W.T` with one row into a matrix-vector product that streams the weights on one thread, and
-    with a few dozen rows it stays far below what the same weights allow: `W @ x.T` (one row padded
-    to two) runs as a threaded product over them. Measured on 2-core CPU machines, streaming the
-    124M model's weights: 1.1-3x faster with 1-64 rows, slower from about 512 rows (training
-    batches), equal up to summation order. Larger inputs, and other devices, take the plain path.
-    Still an `nn.Linear` (same parameters, PEFT/LoRA wrap it as usual).
+    Decoding feeds one token per sequence, so each projection sees one or a few rows and its time goes
+    into streaming the weights. CPU BLAS libraries run `x @ W.T` (what `F.linear` computes) and the
+    transposed `(W @ x.T).T` through different kernels for such skinny products, and which one is
+    faster depends on the CPU: on the 2-core machines this project is measured on, each has been 1.4-3x
+    faster than the other at 1-64 rows, on different machines. So the first time a weight shape meets
+    a row count (rounded up to a power of two), both products are timed on that input and the faster
+    one serves that shape and row count from then on, for every GPTLinear in the process (the choices
+    are kept in `GPTLinear.few_rows_choices`). The two agree up to summation order. Set
+    `few_rows_product` to "plain" or "transposed" to skip the timing. More than `few_rows` rows, other
+    devices and torch.compile take `F.linear`. Still an `nn.Linear`: PEFT/LoRA wrap it as usual.
     """
 
-    few_rows: int = 64  # at most this many rows take the transposed product
+    few_rows: int = 64  # inputs of at most this many rows choose their product
+    few_rows_product: str | None = None  # "plain" or "transposed" to force one; None: the faster
+    few_rows_choices: dict = {}  # (out, in, bias, rows rounded up, dtype, threads) -> "plain" | "transposed"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         rows = input.numel() // self.in_features if self.in_features else 0
-        if input.device.type != "cpu" or not 0 < rows <= self.few_rows:
+        if input.device.type != "cpu" or not 0 < rows <= self.few_rows or torch.compiler.is_compiling():
             return F.linear(input, self.weight, self.bias)
+        if (self.few_rows_product or self._faster_product(input, rows)) == "plain":
+            return F.linear(input, self.weight, self.bias)
+        return self._transposed_product(input, rows)
+
+    def _transposed_product(self, input: torch.Tensor, rows: int) -> torch.Tensor:
         flat = input.reshape(rows, self.in_features)
         if rows == 1:
             flat = F.pad(flat, (0, 0, 0, 1))  # BLAS would take a single column as a vector again
@@ -94,6 +105,36 @@ class GPTLinear(nn.Linear):
         else:
             output = torch.addmm(self.bias[:, None], self.weight, columns)
         return output[:, :rows].t().contiguous().view(*input.shape[:-1], self.out_features)
+
+    def _faster_product(self, input: torch.Tensor, rows: int) -> str:
+        key = (
+            self.out_features,
+            self.in_features,
+            self.bias is not None,
+            1 << (rows - 1).bit_length(),
+            input.dtype,
+            torch.get_num_threads(),
+        )
+        choice = GPTLinear.few_rows_choices.get(key)
+        if choice is None:
+            choice = GPTLinear.few_rows_choices[key] = self._time_products(input, rows)
+        return choice
+
+    def _time_products(self, input: torch.Tensor, rows: int) -> str:
+        """Best of three timed calls of each product, alternating, after one untimed call of each."""
+        products = {
+            "plain": lambda: F.linear(input, self.weight, self.bias),
+            "transposed": lambda: self._transposed_product(input, rows),
+        }
+        best = dict.fromkeys(products, math.inf)
+        with torch.no_grad():
+            for round_index in range(4):
+                for name, product in products.items():
+                    start = time.perf_counter()
+                    product()
+                    if round_index:
+                        best[name] = min(best[name], time.perf_counter() - start)
+        return min(best, key=best.get)
 
 
 class GPTAttention(nn.Module):
