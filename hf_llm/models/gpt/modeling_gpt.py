@@ -25,7 +25,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.core_model_loading import Transpose, WeightConverter
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -66,6 +66,55 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     probs = F.dropout(probs, p=dropout, training=module.training)
     output = torch.matmul(probs, value).transpose(1, 2)
     return output, probs
+
+
+KV_CACHE_BLOCK = 128  # key/value buffers hold a multiple of this many positions
+
+
+def update_kv_cache(cache: Cache, layer_idx: int, key: torch.Tensor, value: torch.Tensor):
+    """Append this step's keys and values to layer `layer_idx` of `cache` and return all of them.
+
+    `DynamicLayer` appends by concatenation, which copies the layer's whole cache into a new tensor
+    for every decoded token. Here a plain `DynamicLayer` of a `DynamicCache` gets its keys and values
+    as views into buffers with room for up to `KV_CACHE_BLOCK` more positions, and new positions are
+    written in place; the cache object, its classes and everything they report stay as transformers
+    defines them. If anything replaced the layer's tensors since the last write (crop, reorder, batch
+    selection, reset, offloading), the buffers are rebuilt from what the layer holds now. Other
+    caches and layers, inputs that need gradients and torch.compile use the cache's own `update`.
+    """
+    layer = cache.layers[layer_idx] if layer_idx < len(cache.layers) else None
+    if (
+        type(cache) is not DynamicCache
+        or cache.offloading
+        or type(layer) is not DynamicLayer
+        or key.requires_grad
+        or value.requires_grad
+        or torch.compiler.is_compiling()
+    ):
+        return cache.update(key, value, layer_idx)
+    if not layer.is_initialized:
+        layer.lazy_initialization(key, value)
+    past = layer.keys.shape[-2] if layer.keys.ndim == 4 else 0
+    total = past + key.shape[-2]
+    held = layer.keys
+    if past and (held.shape[:2] + held.shape[3:] != key.shape[:2] + key.shape[3:] or held.dtype != key.dtype):
+        return cache.update(key, value, layer_idx)  # mismatched inputs: concatenation reports them
+    buffers = getattr(layer, "_kv_buffers", None)
+    replaced = buffers is None or layer.keys is not buffers[2] or layer.values is not buffers[3]
+    if replaced or total > buffers[0].shape[-2]:
+        capacity = (total // KV_CACHE_BLOCK + 1) * KV_CACHE_BLOCK
+        key_buffer = key.new_empty(key.shape[:2] + (capacity,) + key.shape[3:])
+        value_buffer = value.new_empty(value.shape[:2] + (capacity,) + value.shape[3:])
+        if past:
+            key_buffer[:, :, :past].copy_(layer.keys)
+            value_buffer[:, :, :past].copy_(layer.values)
+    else:
+        key_buffer, value_buffer = buffers[:2]
+    key_buffer[:, :, past:total].copy_(key)
+    value_buffer[:, :, past:total].copy_(value)
+    layer.keys, layer.values = key_buffer[:, :, :total], value_buffer[:, :, :total]
+    layer._kv_buffers = (key_buffer, value_buffer, layer.keys, layer.values)
+    return layer.keys, layer.values
 
 
 class GPTLinear(nn.Linear):
@@ -170,7 +219,7 @@ class GPTAttention(nn.Module):
         query, key, value = qkv.transpose(1, 3).unbind(dim=2)  # each (batch, heads, length, head_dim)
 
         if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+            key, value = update_kv_cache(past_key_values, self.layer_idx, key, value)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
