@@ -21,7 +21,8 @@ This module builds that by hand and keeps PEFT's naming, so the two are intercha
   `merge_and_unload_lora` switch, bypass, fold in and remove adapters.
 * `save_adapter` / `load_adapter` read and write PEFT's folder format (`adapter_config.json` +
   `adapter_model.safetensors`), so an adapter trained here loads with
-  `PeftModel.from_pretrained` and the other way round.
+  `PeftModel.from_pretrained` and the other way round, including modules trained in full beside
+  the adapter (`modules_to_save`, such as a reward model's `score` head).
 * `trainable_parameters` / `print_trainable_parameters` count as PEFT does.
 
 Only plain LoRA on `nn.Linear` is implemented: no DoRA, no LoRA on embeddings or convolutions,
@@ -313,6 +314,19 @@ def _is_target(name: str, target_modules: str | Sequence[str]) -> bool:
     return any(name == target or name.endswith("." + target) for target in target_modules)
 
 
+def find_modules_to_save(model: nn.Module, modules_to_save: Sequence[str] | None) -> dict[str, nn.Module]:
+    """The modules `modules_to_save` names (PEFT's list rule: the name or its `.`-suffix), outermost only.
+
+    Names that match nothing are skipped, as PEFT does (its classification tasks add `classifier`
+    and `score` to the list whatever the model has).
+    """
+    found: dict[str, nn.Module] = {}
+    for name, module in _modules_outside_lora(model):
+        if name and _is_target(name, list(modules_to_save or ())) and not any(name.startswith(f + ".") for f in found):
+            found[name] = module
+    return found
+
+
 def _linear_names_hint(model: nn.Module) -> str:
     names = [name for name, module in _modules_outside_lora(model) if isinstance(module, (nn.Linear, LoRALinear))]
     if not names:
@@ -381,17 +395,21 @@ def inject_lora(
     adapter_name: str = "default",
     init_lora_weights: bool | str = True,
     use_rslora: bool = False,
+    modules_to_save: Sequence[str] | None = None,
 ) -> nn.Module:
     """Add a LoRA adapter to the model's matching linear layers, in place, and return the model.
 
     Each `nn.Linear` that `target_modules` selects (see `find_target_modules`) is replaced by a
     `LoRALinear` around it; a layer that already is one gets a further adapter. Afterwards every
-    parameter of the model is frozen except the new adapter's A and B, and the new adapter is the
-    active one (unlike PEFT's `add_adapter`, which leaves the old one active: here the adapter you
-    just added is the one you are about to train). `set_adapter` switches back.
+    parameter of the model is frozen except the new adapter's A and B and the parameters of the
+    modules named in `modules_to_save` (e.g. a classifier head such as `score`, trained in full and
+    saved with the adapter), and the new adapter is the active one (unlike PEFT's `add_adapter`,
+    which leaves the old one active: here the adapter you just added is the one you are about to
+    train). `set_adapter` switches back. Unlike PEFT, which trains a copy of each module to save,
+    those modules are trained in place: disabling or unloading the adapter does not restore them.
 
     Raises ValueError, before changing anything, when a target matches no module or a non-linear
-    one, or when the adapter name is already in use.
+    one, when no module matches `modules_to_save`, or when the adapter name is already in use.
     """
     _check_adapter_name(adapter_name)
     _check_lora_settings(r, alpha, dropout, init_lora_weights)
@@ -401,6 +419,9 @@ def inject_lora(
     taken = [name for name, m in targets.items() if isinstance(m, LoRALinear) and adapter_name in m.lora_A]
     if taken:
         raise ValueError(f"Adapter {adapter_name!r} already exists on {taken[:3]}...; choose another adapter_name.")
+    saved_modules = find_modules_to_save(model, modules_to_save)
+    if modules_to_save and not saved_modules:
+        raise ValueError(f"modules_to_save {list(modules_to_save)} matches no module of {type(model).__name__}.")
 
     state = _state(model)
     if state["requires_grad"] is None:
@@ -413,10 +434,14 @@ def inject_lora(
             module.add_adapter(adapter_name, **settings)
         else:
             _replace_module(model, name, LoRALinear(module, adapter_name=adapter_name, **settings))
-    state["adapters"][adapter_name] = dict(settings, target_modules=target_modules)
+    state["adapters"][adapter_name] = dict(
+        settings, target_modules=target_modules, modules_to_save=list(modules_to_save) if modules_to_save else None
+    )
 
     model.requires_grad_(False)
     set_adapter(model, adapter_name)
+    for module in saved_modules.values():
+        module.requires_grad_(True)
     return model
 
 
@@ -546,7 +571,7 @@ def _peft_keys(name: str) -> tuple[str, str]:
     return f"{PEFT_KEY_PREFIX}{name}.lora_A.weight", f"{PEFT_KEY_PREFIX}{name}.lora_B.weight"
 
 
-def _adapter_config(model, layers, adapter_name, task_type, base_model_name_or_path) -> dict:
+def _adapter_config(model, layers, adapter_name, task_type, base_model_name_or_path, modules_to_save) -> dict:
     settings = {(l.r[adapter_name], l.lora_alpha[adapter_name], l.use_rslora[adapter_name]) for l in layers.values()}
     if len(settings) > 1:
         raise ValueError(
@@ -579,7 +604,7 @@ def _adapter_config(model, layers, adapter_name, task_type, base_model_name_or_p
         "use_rslora": use_rslora,
         "use_dora": False,
         "init_lora_weights": recorded.get("init_lora_weights", True),
-        "modules_to_save": None,
+        "modules_to_save": list(modules_to_save) if modules_to_save else None,
         "layers_to_transform": None,
         "layers_pattern": None,
         "rank_pattern": {},
@@ -615,12 +640,15 @@ def save_adapter(
     adapter_name: str = "default",
     task_type: str | None = "CAUSAL_LM",
     base_model_name_or_path: str | None = None,
+    modules_to_save: Sequence[str] | None = None,
 ) -> Path:
     """Save one adapter in PEFT's format: `adapter_config.json` + `adapter_model.safetensors`.
 
     Keys are PEFT's (`base_model.model.<module name>.lora_A.weight`, no adapter name), so
-    `PeftModel.from_pretrained(base_model, folder)` loads it, onto this GPT or onto stock
-    `GPT2LMHeadModel`. The folder is written atomically (see `_write_folder_atomically`).
+    `PeftModel.from_pretrained(base_model, folder)` loads it, onto this GPT or onto stock GPT-2.
+    The modules to save (default: those given to `inject_lora`; e.g. `score` for a reward model,
+    with `task_type="SEQ_CLS"`) are stored in full under `base_model.model.<module name>.<param>`,
+    as PEFT stores them. The folder is written atomically (see `_write_folder_atomically`).
     `base_model_name_or_path` defaults to `model.config._name_or_path`. Returns the folder.
     """
     from safetensors.torch import save_file
@@ -628,12 +656,20 @@ def save_adapter(
     layers = _adapter_layers(model, adapter_name)
     if not layers:
         raise ValueError(f"The model has no adapter named {adapter_name!r}; it has {adapter_names(model)}.")
-    config = _adapter_config(model, layers, adapter_name, task_type, base_model_name_or_path)
+    if modules_to_save is None:
+        recorded = getattr(model, _STATE_ATTR, {"adapters": {}})["adapters"].get(adapter_name, {})
+        modules_to_save = recorded.get("modules_to_save")
+    saved_modules = find_modules_to_save(model, modules_to_save)
+    if modules_to_save and not saved_modules:
+        raise ValueError(f"modules_to_save {list(modules_to_save)} matches no module of {type(model).__name__}.")
+    config = _adapter_config(model, layers, adapter_name, task_type, base_model_name_or_path, modules_to_save)
     tensors = {}
     for name, layer in layers.items():
         key_A, key_B = _peft_keys(name)
         tensors[key_A] = layer.lora_A[adapter_name].weight.detach().cpu().contiguous()
         tensors[key_B] = layer.lora_B[adapter_name].weight.detach().cpu().contiguous()
+    for key, param in _saved_module_params(saved_modules).items():
+        tensors[key] = param.detach().cpu().contiguous()
 
     def write(tmp: Path) -> None:
         save_file(tensors, tmp / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
@@ -644,12 +680,19 @@ def save_adapter(
     return folder
 
 
+def _saved_module_params(modules: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
+    return {
+        f"{PEFT_KEY_PREFIX}{name}.{param_name}": param
+        for name, module in modules.items()
+        for param_name, param in module.named_parameters()
+    }
+
+
 # adapter_config.json settings this implementation cannot honour, with the value that means "off".
 _UNSUPPORTED_SETTINGS = {
     "use_dora": False,
     "lora_bias": False,
     "bias": "none",
-    "modules_to_save": None,
     "rank_pattern": {},
     "alpha_pattern": {},
     "layers_to_transform": None,
@@ -706,7 +749,8 @@ def load_adapter(
     `adapter_config.json` (targets, r, alpha, dropout). The loaded adapter becomes the active one.
     As with `PeftModel.from_pretrained`, it is frozen and the model put in eval mode unless
     `is_trainable=True`. An adapter trained on stock GPT-2 (Conv1D, `fan_in_fan_out: true`) loads
-    too: A and B have the same shapes either way. Raises FileNotFoundError for a folder without
+    too: A and B have the same shapes either way. Modules saved with the adapter (`modules_to_save`,
+    e.g. a reward model's `score` head) are copied into the model's own modules. Raises FileNotFoundError for a folder without
     `adapter_config.json`, ValueError for unsupported settings or keys that do not fit the model.
     """
     folder = Path(folder)
@@ -728,6 +772,8 @@ def load_adapter(
         key_A, key_B = _peft_keys(name)
         params[key_A] = layer.lora_A[adapter_name].weight
         params[key_B] = layer.lora_B[adapter_name].weight
+    saved_params = _saved_module_params(find_modules_to_save(model, config.get("modules_to_save")))
+    params.update(saved_params)
     missing = sorted(set(params) - set(weights))
     unexpected = sorted(set(weights) - set(params))
     if missing or unexpected:
@@ -743,6 +789,8 @@ def load_adapter(
 
     for layer in lora_layers(model).values():
         layer.set_adapter(adapter_name, trainable=is_trainable)
+    for param in saved_params.values():
+        param.requires_grad_(is_trainable)
     if not is_trainable:
         model.eval()  # as PEFT does: dropout off for inference
     return model
@@ -785,6 +833,7 @@ __all__ = [
     "adapter_names",
     "apply_lora",
     "disable_adapters",
+    "find_modules_to_save",
     "find_target_modules",
     "inject_lora",
     "load_adapter",

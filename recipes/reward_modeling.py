@@ -84,7 +84,9 @@ def main(model_args, data_args, lora_args, run_args, training_args):
         push=push,
         metrics=metrics,
         trainer_saves=not (lora_args.use_lora and lora_args.lora_backend == "hf_llm"),
-        save_model=lambda out: save_extra(trainer.model, tokenizer, out, lora_args, merge=run_args.merge_adapter),
+        save_model=lambda out: save_extra(
+            trainer.model, tokenizer, out, lora_args, merge=run_args.merge_adapter, task_type="SEQ_CLS"
+        ),
         card=dict(
             title="Reward model trained with hf_llm",
             summary="A GPT-2-architecture reward model (`score` head on the last token) trained with pairwise loss "

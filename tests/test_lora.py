@@ -10,9 +10,9 @@ import torch
 from helpers import max_diff
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import GPT2LMHeadModel
+from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from hf_llm import GPTConfig, GPTForCausalLM
+from hf_llm import GPTConfig, GPTForCausalLM, GPTForSequenceClassification
 from hf_llm import lora
 from hf_llm.lora import (
     LoRALinear,
@@ -335,6 +335,69 @@ def test_adapter_trained_with_peft_loads_here(tmp_path):
     with torch.no_grad():
         assert max_diff(model(ids).logits, theirs(ids).logits) < ATOL
         assert max_diff(model(ids).logits, base(ids).logits) > 1e-4
+
+
+def tiny_reward_model(seed=0) -> GPTForSequenceClassification:
+    torch.manual_seed(seed)
+    return GPTForSequenceClassification(GPTConfig(**TINY, num_labels=1, pad_token_id=0)).eval()
+
+
+def _train_scores(model, steps=10, lr=1e-2):
+    """A few steps pushing the first sequence's score above the second's (a pairwise loss)."""
+    ids = _batch()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        scores = model(input_ids=ids).logits.squeeze(-1)
+        loss = -torch.nn.functional.logsigmoid(scores[0::2] - scores[1::2]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_modules_to_save_train_save_and_load_like_peft(tmp_path):
+    """A reward model: LoRA on c_attn plus the score head trained in full and saved with the adapter."""
+    base = tiny_reward_model()
+    model = inject_lora(copy.deepcopy(base), ["c_attn"], r=4, alpha=8, modules_to_save=["score"])
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], modules_to_save=["score"], task_type="SEQ_CLS")
+    # Same trainable count; PEFT's total also counts its trained copy of the score head.
+    peft_counts = get_peft_model(copy.deepcopy(base), peft_config).get_nb_trainable_parameters()
+    assert trainable_parameters(model) == (peft_counts[0], peft_counts[1] - base.score.weight.numel())
+    model = _train_scores(model)
+    assert not torch.equal(model.score.weight, base.score.weight)
+
+    folder = save_adapter(model, tmp_path / "rm", task_type="SEQ_CLS")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and config["modules_to_save"] == ["score"]
+    from safetensors import safe_open
+
+    with safe_open(folder / "adapter_model.safetensors", "pt") as f:
+        assert "base_model.model.score.weight" in set(f.keys()) and len(list(f.keys())) == 2 * 2 + 1
+
+    ids = _batch()
+    with torch.no_grad():
+        ours = model(ids).logits
+        theirs = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+        assert max_diff(theirs(ids).logits, ours) < ATOL
+        base.save_pretrained(tmp_path / "base")
+        stock = GPT2ForSequenceClassification.from_pretrained(tmp_path / "base").eval()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+            stock_rm = PeftModel.from_pretrained(stock, folder).eval()
+        assert max_diff(stock_rm(ids).logits, ours) < 1e-5
+        again = load_adapter(copy.deepcopy(base), folder)
+        assert torch.equal(again(ids).logits, ours)
+    assert trainable_parameters(again)[0] == 0
+    # The other way: trained with PEFT (whose SEQ_CLS config also lists "classifier"), loaded here.
+    peft_model = _train_scores(get_peft_model(copy.deepcopy(base), peft_config))
+    peft_model.save_pretrained(tmp_path / "peft_rm")
+    loaded = load_adapter(copy.deepcopy(base), tmp_path / "peft_rm", is_trainable=True)
+    assert trainable_parameters(loaded)[0] == peft_model.get_nb_trainable_parameters()[0]
+    with torch.no_grad():
+        assert max_diff(loaded(ids).logits, peft_model(ids).logits) < ATOL
+    with pytest.raises(ValueError, match="modules_to_save .* matches no module"):
+        inject_lora(copy.deepcopy(base), ["c_attn"], modules_to_save=["classifier"])
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):

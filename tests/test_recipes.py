@@ -152,6 +152,35 @@ def test_reward_modeling_embedded_default(tmp_path):
     assert config["r"] == 1 and config["modules_to_save"] == ["score"] or "score" in str(config["modules_to_save"])
 
 
+@pytest.mark.parametrize("backend", ["peft", "hf_llm"])
+def test_reward_adapter_folder_reproduces_the_trained_model(tmp_path, backend):
+    """The saved adapter (LoRA + the score head trained in full) loads with PEFT onto the base model and
+    scores exactly as the merged model does, whichever LoRA backend trained it."""
+    import torch
+    from peft import PeftModel
+
+    from hf_llm import GPTForSequenceClassification
+    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
+
+    out = tmp_path / backend
+    run_recipe(
+        "reward_modeling", "--output_dir", str(out), "--max_steps", "4", "--max_eval_samples", "8",
+        "--learning_rate", "3e-3", "--lora_backend", backend, "--merge_adapter", "true", *FAST,
+    )
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]
+    merged = GPTForSequenceClassification.from_pretrained(out / "merged").eval()
+    base = GPTForSequenceClassification.from_pretrained(
+        DEFAULT_BASE_MODEL, num_labels=1, pad_token_id=merged.config.pad_token_id
+    )
+    untrained_score = base.score.weight.detach().clone()
+    adapted = PeftModel.from_pretrained(base, out).eval()
+    assert not torch.allclose(merged.score.weight, untrained_score)
+    ids = torch.randint(1, 4000, (2, 20))
+    with torch.no_grad():
+        assert (merged(ids).logits - adapted(ids).logits).abs().max() < 1e-4
+
+
 def test_reward_modeling_on_shared_preferences(tmp_path, shared_data):
     out = tmp_path / "rm_shared"
     run_recipe(

@@ -44,11 +44,8 @@ def apply_lora(model, lora_args, task_type: str):
             r=lora_args.lora_r,
             alpha=lora_args.lora_alpha,
             dropout=lora_args.lora_dropout,
+            modules_to_save=lora_args.lora_modules_to_save,
         )
-        for name, module in model.named_modules():
-            if lora_args.lora_modules_to_save and name.split(".")[-1] in lora_args.lora_modules_to_save:
-                for param in module.parameters():
-                    param.requires_grad_(True)
         return model, None
     raise RecipeError(f"--lora_backend must be 'peft' or 'hf_llm', got {lora_args.lora_backend!r}.")
 
@@ -70,15 +67,16 @@ def adapter_disabled(model, lora_args):
         yield True
 
 
-def save_extra(model, tokenizer, output_dir, lora_args, merge: bool):
-    """Main process, after trainer.save_model: hf_llm.lora adapters in PEFT's format, and the merged model."""
+def save_extra(model, tokenizer, output_dir, lora_args, merge: bool, task_type: str = "CAUSAL_LM"):
+    """Main process, after trainer.save_model: hf_llm.lora adapters (with any modules to save) in
+    PEFT's format, and the merged model."""
     from pathlib import Path
 
     output_dir = Path(output_dir)
     if lora_args.use_lora and lora_args.lora_backend == "hf_llm":
         from .. import lora
 
-        lora.save_adapter(model, output_dir)
+        lora.save_adapter(model, output_dir, task_type=task_type)
         tokenizer.save_pretrained(output_dir)
     if merge and lora_args.use_lora:
         import copy
