@@ -53,6 +53,16 @@ def make_generate(model, ids, new_tokens):
     return generate
 
 
+def few_row_choices() -> dict[str, str]:
+    """Which product ours' projections picked for each weight shape and row count (see GPTLinear)."""
+    from hf_llm.models.gpt.modeling_gpt import GPTLinear
+
+    return {
+        f"{key[0]}x{key[1]}, {key[3]} rows": product
+        for key, product in sorted(GPTLinear.few_rows_choices.items(), key=lambda item: (item[0][3], item[0][:2]))
+    }
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     common.quiet_transformers()
@@ -86,6 +96,9 @@ def main(argv=None) -> None:
                          "values": {n: 100 * streamed / wall[n] / 1e9 / bandwidth for n in names}})
             cases[label] = {"times": times, "median_wall_s": wall, "identical_tokens": same}
             print(f"  {label}: generated tokens identical to stock: {same}", file=sys.stderr)
+    choices = few_row_choices()
+    if choices:
+        print(f"  ours' few-row products (out x in, rows up to: product): {choices}", file=sys.stderr)
     common.print_table(
         f"Greedy generation with KV cache, {device} {args.dtype}, attn={args.attn}; FLOPs = 2*N per new token; "
         f"matmul peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s",
@@ -94,7 +107,7 @@ def main(argv=None) -> None:
     )
     common.write_json(args.json, {
         "benchmark": "generate", "environment": common.environment(device), "args": vars(args),
-        "flop_rule": "2 * N per generated token", "matmul_peak_gflops": peak, "read_bandwidth_gbs": bandwidth, "rows": rows, "cases": cases,
+        "flop_rule": "2 * N per generated token", "few_row_products": choices, "matmul_peak_gflops": peak, "read_bandwidth_gbs": bandwidth, "rows": rows, "cases": cases,
     })
 
 
