@@ -43,7 +43,7 @@ def test_cache_equals_stock_cache_and_is_written_in_place(pair, small_blocks):
                 assert max_diff(mine.keys, theirs.keys) < ATOL and max_diff(mine.values, theirs.values) < ATOL
             layer = ours_cache.layers[0]
             assert type(layer) is modeling_gpt.DynamicLayer  # still transformers' own class
-            buffers.append((layer._kv_buffers[0].data_ptr(), layer._kv_buffers[0].shape[-2]))
+            buffers.append((layer.keys._base.data_ptr(), layer.keys._base.shape[-2]))
     # A buffer grows by whole blocks of 4 positions, only when full: 5-8 positions in 8, 9-12 in 12, ...
     capacities = [capacity for _, capacity in buffers]
     assert capacities == [-(-end // 4) * 4 for end in range(5, 21)]
@@ -96,7 +96,7 @@ def test_inputs_that_need_gradients_use_concatenation(pair):
         ids = _ids(batch=2, length=8, seed=2)
         out = ours(ids, labels=ids, past_key_values=cache, use_cache=True)
         out.loss.backward()
-        assert all(not hasattr(layer, "_kv_buffers") for layer in cache.layers)
+        assert all(not hasattr(layer, "_kv_views") and layer.keys._base is None for layer in cache.layers)
         assert ours.transformer.h[0].attn.c_attn.weight.grad is not None
     finally:
         ours.zero_grad(set_to_none=True)
@@ -110,3 +110,18 @@ def test_a_batch_that_does_not_fit_the_cache_is_refused(pair):
         ours(_ids(batch=2, length=5), past_key_values=cache, use_cache=True)
         with pytest.raises(RuntimeError, match="[Ss]izes of tensors must match"):
             ours(_ids(batch=3, length=1), past_key_values=cache, use_cache=True)
+
+
+def test_reset_frees_the_buffers(pair):
+    import gc
+    import weakref
+
+    ours, _ = pair
+    cache = DynamicCache(config=ours.config)
+    with torch.no_grad():
+        ours(_ids(batch=2, length=5), past_key_values=cache, use_cache=True)
+    buffer = weakref.ref(cache.layers[0].keys._base)
+    assert buffer() is not None
+    cache.reset()
+    gc.collect()
+    assert buffer() is None

@@ -351,3 +351,6 @@ def test_gpt_linear_uses_the_recorded_choice(monkeypatch):
         monkeypatch.setattr(GPTLinear, "few_rows_choices", {key: choice})
         layer(x)
         assert calls == expected_calls
+    layer.few_rows_product = "fast"
+    with pytest.raises(ValueError, match="few_rows_product must be 'plain', 'transposed' or None"):
+        layer(x)

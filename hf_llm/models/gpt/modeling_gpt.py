@@ -17,6 +17,7 @@ This file imports only torch, transformers and the config module: it also runs a
 import dataclasses
 import math
 import time
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -96,24 +97,26 @@ def update_kv_cache(cache: Cache, layer_idx: int, key: torch.Tensor, value: torc
         layer.lazy_initialization(key, value)
     past = layer.keys.shape[-2] if layer.keys.ndim == 4 else 0
     total = past + key.shape[-2]
-    held = layer.keys
-    if past and (held.shape[:2] + held.shape[3:] != key.shape[:2] + key.shape[3:] or held.dtype != key.dtype):
+    keys, values = layer.keys, layer.values
+    if past and (keys.shape[:2] + keys.shape[3:] != key.shape[:2] + key.shape[3:] or keys.dtype != key.dtype):
         return cache.update(key, value, layer_idx)  # mismatched inputs: concatenation reports them
-    buffers = getattr(layer, "_kv_buffers", None)
-    replaced = buffers is None or layer.keys is not buffers[2] or layer.values is not buffers[3]
-    if replaced or total > buffers[0].shape[-2]:
+    # Weak references to the views handed out last time: if the layer still holds exactly those, their
+    # bases are our buffers (and a reset or a deleted cache frees the buffers with the views).
+    handed_out = getattr(layer, "_kv_views", None)
+    ours = handed_out is not None and handed_out[0]() is keys and handed_out[1]() is values
+    if ours and total <= keys._base.shape[-2]:
+        key_buffer, value_buffer = keys._base, values._base
+    else:
         capacity = (total // KV_CACHE_BLOCK + 1) * KV_CACHE_BLOCK
         key_buffer = key.new_empty(key.shape[:2] + (capacity,) + key.shape[3:])
         value_buffer = value.new_empty(value.shape[:2] + (capacity,) + value.shape[3:])
         if past:
-            key_buffer[:, :, :past].copy_(layer.keys)
-            value_buffer[:, :, :past].copy_(layer.values)
-    else:
-        key_buffer, value_buffer = buffers[:2]
+            key_buffer[:, :, :past].copy_(keys)
+            value_buffer[:, :, :past].copy_(values)
     key_buffer[:, :, past:total].copy_(key)
     value_buffer[:, :, past:total].copy_(value)
     layer.keys, layer.values = key_buffer[:, :, :total], value_buffer[:, :, :total]
-    layer._kv_buffers = (key_buffer, value_buffer, layer.keys, layer.values)
+    layer._kv_views = (weakref.ref(layer.keys), weakref.ref(layer.values))
     return layer.keys, layer.values
 
 
@@ -123,13 +126,14 @@ class GPTLinear(nn.Linear):
     Decoding feeds one token per sequence, so each projection sees one or a few rows and its time goes
     into streaming the weights. CPU BLAS libraries run `x @ W.T` (what `F.linear` computes) and the
     transposed `(W @ x.T).T` through different kernels for such skinny products, and which one is
-    faster depends on the CPU: on the 2-core machines this project is measured on, each has been 1.4-3x
-    faster than the other at 1-64 rows, on different machines. So the first time a weight shape meets
-    a row count (rounded up to a power of two), both products are timed on that input and the faster
-    one serves that shape and row count from then on, for every GPTLinear in the process (the choices
-    are kept in `GPTLinear.few_rows_choices`). The two agree up to summation order. Set
-    `few_rows_product` to "plain" or "transposed" to skip the timing. More than `few_rows` rows, other
-    devices and torch.compile take `F.linear`. Still an `nn.Linear`: PEFT/LoRA wrap it as usual.
+    faster depends on the CPU: on this project's 2-core machines the transposed one was 1.4-3x faster
+    at 1-64 rows on AMD EPYC, and the plain one 2x faster at 1-2 rows on Intel Xeon (MKL). So the
+    first time a weight shape meets a row count (rounded up to a power of two), both products are
+    timed on that input and the faster one serves that shape and row count from then on, for every
+    GPTLinear in the process (the choices are kept in `GPTLinear.few_rows_choices`). The two agree
+    up to summation order. Set `few_rows_product` to "plain" or "transposed" to skip the timing.
+    More than `few_rows` rows, other devices and torch.compile take `F.linear`. Still an
+    `nn.Linear`: PEFT/LoRA wrap it as usual.
     """
 
     few_rows: int = 64  # inputs of at most this many rows choose their product
@@ -140,9 +144,12 @@ class GPTLinear(nn.Linear):
         rows = input.numel() // self.in_features if self.in_features else 0
         if input.device.type != "cpu" or not 0 < rows <= self.few_rows or torch.compiler.is_compiling():
             return F.linear(input, self.weight, self.bias)
-        if (self.few_rows_product or self._faster_product(input, rows)) == "plain":
+        product = self.few_rows_product or self._faster_product(input, rows)
+        if product == "plain":
             return F.linear(input, self.weight, self.bias)
-        return self._transposed_product(input, rows)
+        if product == "transposed":
+            return self._transposed_product(input, rows)
+        raise ValueError(f"GPTLinear.few_rows_product must be 'plain', 'transposed' or None, got {product!r}.")
 
     def _transposed_product(self, input: torch.Tensor, rows: int) -> torch.Tensor:
         flat = input.reshape(rows, self.in_features)
