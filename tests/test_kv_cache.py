@@ -125,3 +125,25 @@ def test_reset_frees_the_buffers(pair):
     cache.reset()
     gc.collect()
     assert buffer() is None
+
+
+def test_tensors_put_into_the_cache_by_hand_are_never_written(pair):
+    """A layer holding views of someone else's larger tensors: new positions go to new buffers."""
+    ours, _ = pair
+    ids = _ids(batch=2, length=8, seed=3)
+    cache = DynamicCache(config=ours.config)
+    with torch.no_grad():
+        ours(ids[:, :6], past_key_values=cache, use_cache=True)
+        owned = []
+        for layer in cache.layers:
+            keys = torch.full(layer.keys.shape[:2] + (16,) + layer.keys.shape[3:], 7.0)
+            values = torch.full_like(keys, 7.0)
+            keys[:, :, :6], values[:, :, :6] = layer.keys, layer.values
+            layer.keys, layer.values = keys[:, :, :6], values[:, :, :6]
+            owned.append((keys, values))
+        expected = _full_logits(ours, ids)
+        for t in range(6, 8):
+            out = ours(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            assert max_diff(out.logits[:, -1], expected[:, t]) < ATOL
+    for keys, values in owned:
+        assert torch.all(keys[:, :, 6:] == 7.0) and torch.all(values[:, :, 6:] == 7.0)
