@@ -314,16 +314,21 @@ def _is_target(name: str, target_modules: str | Sequence[str]) -> bool:
     return any(name == target or name.endswith("." + target) for target in target_modules)
 
 
-def find_modules_to_save(model: nn.Module, modules_to_save: Sequence[str] | None) -> dict[str, nn.Module]:
+def find_modules_to_save(
+    model: nn.Module, modules_to_save: Sequence[str] | None, require_match: bool = False
+) -> dict[str, nn.Module]:
     """The modules `modules_to_save` names (PEFT's list rule: the name or its `.`-suffix), outermost only.
 
     Names that match nothing are skipped, as PEFT does (its classification tasks add `classifier`
-    and `score` to the list whatever the model has).
+    and `score` to the list whatever the model has); with `require_match`, a non-empty list that
+    matches no module at all raises ValueError.
     """
     found: dict[str, nn.Module] = {}
     for name, module in _modules_outside_lora(model):
         if name and _is_target(name, list(modules_to_save or ())) and not any(name.startswith(f + ".") for f in found):
             found[name] = module
+    if require_match and modules_to_save and not found:
+        raise ValueError(f"modules_to_save {list(modules_to_save)} matches no module of {type(model).__name__}.")
     return found
 
 
@@ -419,9 +424,7 @@ def inject_lora(
     taken = [name for name, m in targets.items() if isinstance(m, LoRALinear) and adapter_name in m.lora_A]
     if taken:
         raise ValueError(f"Adapter {adapter_name!r} already exists on {taken[:3]}...; choose another adapter_name.")
-    saved_modules = find_modules_to_save(model, modules_to_save)
-    if modules_to_save and not saved_modules:
-        raise ValueError(f"modules_to_save {list(modules_to_save)} matches no module of {type(model).__name__}.")
+    saved_modules = find_modules_to_save(model, modules_to_save, require_match=True)
 
     state = _state(model)
     if state["requires_grad"] is None:
@@ -571,6 +574,11 @@ def _peft_keys(name: str) -> tuple[str, str]:
     return f"{PEFT_KEY_PREFIX}{name}.lora_A.weight", f"{PEFT_KEY_PREFIX}{name}.lora_B.weight"
 
 
+def _recorded_settings(model: nn.Module, adapter_name: str) -> dict:
+    """What `inject_lora` recorded for this adapter (empty for adapters it did not add)."""
+    return getattr(model, _STATE_ATTR, {"adapters": {}})["adapters"].get(adapter_name, {})
+
+
 def _adapter_config(model, layers, adapter_name, task_type, base_model_name_or_path, modules_to_save) -> dict:
     settings = {(l.r[adapter_name], l.lora_alpha[adapter_name], l.use_rslora[adapter_name]) for l in layers.values()}
     if len(settings) > 1:
@@ -579,7 +587,7 @@ def _adapter_config(model, layers, adapter_name, task_type, base_model_name_or_p
             "PEFT's format would need rank_pattern/alpha_pattern, which hf_llm.lora does not write."
         )
     (r, alpha, use_rslora), = settings
-    recorded = getattr(model, _STATE_ATTR, {"adapters": {}})["adapters"].get(adapter_name, {})
+    recorded = _recorded_settings(model, adapter_name)
     # The target spec as given to inject_lora; without one, the exact module names (PEFT matches those too).
     target_modules = recorded.get("target_modules", sorted(layers))
     if not isinstance(target_modules, str):
@@ -657,11 +665,8 @@ def save_adapter(
     if not layers:
         raise ValueError(f"The model has no adapter named {adapter_name!r}; it has {adapter_names(model)}.")
     if modules_to_save is None:
-        recorded = getattr(model, _STATE_ATTR, {"adapters": {}})["adapters"].get(adapter_name, {})
-        modules_to_save = recorded.get("modules_to_save")
-    saved_modules = find_modules_to_save(model, modules_to_save)
-    if modules_to_save and not saved_modules:
-        raise ValueError(f"modules_to_save {list(modules_to_save)} matches no module of {type(model).__name__}.")
+        modules_to_save = _recorded_settings(model, adapter_name).get("modules_to_save")
+    saved_modules = find_modules_to_save(model, modules_to_save, require_match=True)
     config = _adapter_config(model, layers, adapter_name, task_type, base_model_name_or_path, modules_to_save)
     tensors = {}
     for name, layer in layers.items():

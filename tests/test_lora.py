@@ -287,6 +287,26 @@ def _train(model, steps, lr=1e-2):
     return model.eval(), losses
 
 
+def _assert_adapter_loads_in_peft_stock_and_here(model, base, folder, stock_class, tmp_path):
+    """The adapter in `folder` (trained on `model`, a copy of `base`) gives `model`'s outputs when PEFT
+    loads it onto `base`, when PEFT loads it onto stock transformers GPT-2 (`stock_class`, Conv1D
+    layers) holding the same base weights, and when `load_adapter` loads it back here (frozen)."""
+    ids = _batch()
+    with torch.no_grad():
+        ours = model(ids).logits
+        theirs = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+        assert max_diff(theirs(ids).logits, ours) < ATOL
+        base.save_pretrained(tmp_path / "base")
+        stock = stock_class.from_pretrained(tmp_path / "base").eval()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")  # PEFT notes the Conv1D layout
+            stock_adapted = PeftModel.from_pretrained(stock, folder).eval()
+        assert max_diff(stock_adapted(ids).logits, ours) < 1e-5
+        again = load_adapter(copy.deepcopy(base), folder)
+        assert torch.equal(again(ids).logits, ours)
+    assert trainable_parameters(again)[0] == 0  # loaded for inference, as PEFT does by default
+
+
 def test_adapter_trained_here_loads_in_peft_and_stock_gpt2(tmp_path):
     base = tiny_gpt()
     model = inject_lora(copy.deepcopy(base), ["c_attn", "c_proj"], r=4, alpha=8)
@@ -305,22 +325,7 @@ def test_adapter_trained_here_loads_in_peft_and_stock_gpt2(tmp_path):
     assert "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight" in keys
     assert "base_model.model.transformer.h.1.mlp.c_proj.lora_B.weight" in keys and len(keys) == 2 * 2 * 3
 
-    ids = _batch()
-    with torch.no_grad():
-        ours = model(ids).logits
-        theirs = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
-        assert max_diff(theirs(ids).logits, ours) < ATOL
-        # Stock transformers GPT-2 (Conv1D layers) holding the same base weights.
-        base.save_pretrained(tmp_path / "base")
-        stock = GPT2LMHeadModel.from_pretrained(tmp_path / "base").eval()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")  # PEFT notes the Conv1D layout
-            stock_lora = PeftModel.from_pretrained(stock, folder).eval()
-        assert max_diff(stock_lora(ids).logits, ours) < 1e-5
-        # And it loads back here.
-        again = load_adapter(copy.deepcopy(base), folder)
-        assert torch.equal(again(ids).logits, ours)
-    assert trainable_parameters(again)[0] == 0  # loaded for inference, as PEFT does by default
+    _assert_adapter_loads_in_peft_stock_and_here(model, base, folder, GPT2LMHeadModel, tmp_path)
 
 
 def test_adapter_trained_with_peft_loads_here(tmp_path):
@@ -375,20 +380,8 @@ def test_modules_to_save_train_save_and_load_like_peft(tmp_path):
     with safe_open(folder / "adapter_model.safetensors", "pt") as f:
         assert "base_model.model.score.weight" in set(f.keys()) and len(list(f.keys())) == 2 * 2 + 1
 
+    _assert_adapter_loads_in_peft_stock_and_here(model, base, folder, GPT2ForSequenceClassification, tmp_path)
     ids = _batch()
-    with torch.no_grad():
-        ours = model(ids).logits
-        theirs = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
-        assert max_diff(theirs(ids).logits, ours) < ATOL
-        base.save_pretrained(tmp_path / "base")
-        stock = GPT2ForSequenceClassification.from_pretrained(tmp_path / "base").eval()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-            stock_rm = PeftModel.from_pretrained(stock, folder).eval()
-        assert max_diff(stock_rm(ids).logits, ours) < 1e-5
-        again = load_adapter(copy.deepcopy(base), folder)
-        assert torch.equal(again(ids).logits, ours)
-    assert trainable_parameters(again)[0] == 0
     # The other way: trained with PEFT (whose SEQ_CLS config also lists "classifier"), loaded here.
     peft_model = _train_scores(get_peft_model(copy.deepcopy(base), peft_config))
     peft_model.save_pretrained(tmp_path / "peft_rm")
