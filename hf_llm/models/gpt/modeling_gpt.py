@@ -95,9 +95,9 @@ def update_kv_cache(cache: Cache, layer_idx: int, key: torch.Tensor, value: torc
         return cache.update(key, value, layer_idx)
     if not layer.is_initialized:
         layer.lazy_initialization(key, value)
-    past = layer.keys.shape[-2] if layer.keys.ndim == 4 else 0
-    total = past + key.shape[-2]
     keys, values = layer.keys, layer.values
+    past = keys.shape[-2] if keys.ndim == 4 else 0
+    total = past + key.shape[-2]
     if past and (keys.shape[:2] + keys.shape[3:] != key.shape[:2] + key.shape[3:] or keys.dtype != key.dtype):
         return cache.update(key, value, layer_idx)  # mismatched inputs: concatenation reports them
     # Weak references to the views handed out last time: if the layer still holds exactly those, their
