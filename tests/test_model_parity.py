@@ -230,3 +230,30 @@ def test_causal_lm_loss_matches_stock(tiny_stock):
     labels[0, :5] = -100
     with torch.no_grad():
         assert abs(ours(ids, labels=labels).loss - stock(ids, labels=labels).loss) < ATOL
+
+
+def _train_mode_without_dropout(model):
+    """Training mode (so ours takes its chunked loss) with every dropout at zero, for exact comparisons."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model.train()
+
+
+def test_attention_dropout_is_a_module_that_tools_can_switch_off(tiny_stock):
+    """Tools such as TRL's disable_dropout set every nn.Dropout's p to 0: attention dropout must be one of them."""
+    _, path = tiny_stock
+    ours, _ = _load(GPTForCausalLM, path, "sdpa")
+    ids = torch.randint(0, 100, (2, 10))
+    try:
+        with torch.no_grad():
+            expected = ours(ids).logits
+            _train_mode_without_dropout(ours)
+            torch.manual_seed(1)
+            assert max_diff(ours(ids).logits, expected) == 0.0
+            for block in ours.transformer.h:
+                block.attn.attn_dropout.p = 0.5  # only attention dropout on: it must act
+            torch.manual_seed(1)
+            assert max_diff(ours(ids).logits, expected) > 1e-3
+    finally:
+        ours.eval()

@@ -210,7 +210,8 @@ class GPTAttention(nn.Module):
 
         self.c_attn = GPTLinear(config.n_embd, 3 * config.n_embd)
         self.c_proj = GPTLinear(config.n_embd, config.n_embd)
-        self.attn_dropout = config.attn_pdrop
+        # A module, not a float, so tools that switch dropout off (TRL's disable_dropout) reach it too.
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(
@@ -237,7 +238,7 @@ class GPTAttention(nn.Module):
             key,
             value,
             attention_mask,
-            dropout=self.attn_dropout if self.training else 0.0,
+            dropout=self.attn_dropout.p if self.training else 0.0,
             scaling=self.scaling,
             **kwargs,
         )
