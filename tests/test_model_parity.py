@@ -6,6 +6,7 @@ from helpers import max_diff, save_stock_classifier, save_stock_lm
 from transformers import DynamicCache, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from hf_llm import GPTForCausalLM, GPTForSequenceClassification, GPTModel
+from hf_llm.models.gpt.modeling_gpt import CONV1D_WEIGHT_NAMES
 
 ATOL = 1e-5
 ATTN = ["eager", "sdpa"]
@@ -257,3 +258,45 @@ def test_attention_dropout_is_a_module_that_tools_can_switch_off(tiny_stock):
             assert max_diff(ours(ids).logits, expected) > 1e-3
     finally:
         ours.eval()
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_loss_arguments_shift_labels_and_ignore_index_match_stock(tiny_stock, mode):
+    """transformers' loss takes shift_labels (already aligned targets) and ignore_index through the model's kwargs."""
+    stock, path = tiny_stock
+    ours, _ = _load(GPTForCausalLM, path, "sdpa")
+    if mode == "train":
+        ours, stock = _train_mode_without_dropout(ours), _train_mode_without_dropout(stock)
+    torch.manual_seed(4)
+    ids = torch.randint(0, 100, (2, 13))
+    shift = ids.roll(-2, dims=1)  # predict two tokens ahead: differs from the default shift by one
+    shift[:, :6] = -100
+    labels = ids.clone()
+    labels[0, :5] = -1
+    try:
+        for kwargs in (dict(labels=ids, shift_labels=shift), dict(labels=labels, ignore_index=-1)):
+            a, b = ours(ids, **kwargs).loss, stock(ids, **kwargs).loss
+            assert abs(a.item() - b.item()) < ATOL, kwargs
+            default = ours(ids, labels=ids).loss
+            assert abs(a.item() - default.item()) > 1e-3, "the argument made no difference"
+            a.backward()
+            b.backward()
+            for (name, p), q in zip(ours.named_parameters(), stock.parameters()):
+                grad = p.grad.t() if name.endswith(CONV1D_WEIGHT_NAMES) else p.grad  # stock keeps (in, out)
+                assert max_diff(grad, q.grad) < ATOL, name
+            ours.zero_grad(), stock.zero_grad()
+    finally:
+        ours.eval(), stock.eval()
+
+
+def test_label_outside_vocabulary_is_refused_in_training_mode(tiny_stock):
+    _, path = tiny_stock
+    ours = _train_mode_without_dropout(_load(GPTForCausalLM, path, "sdpa")[0])
+    ids = torch.randint(0, 100, (1, 8))
+    labels = ids.clone()
+    labels[0, 3] = -1  # not ignore_index (-100): eval mode fails in cross_entropy, as stock does
+    with pytest.raises(ValueError, match=r"Label -1 .*ignore_index"):
+        ours(ids, labels=labels)
+    labels[0, 3] = 101
+    with pytest.raises(ValueError, match=r"Label 101 .*0 to 100"):
+        ours(ids, labels=labels)

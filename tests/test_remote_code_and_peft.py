@@ -140,3 +140,33 @@ def test_peft_target_names_match_stock_gpt2(targets):
     assert names(ours) == names(stock)
     shapes = lambda m: [p.shape for n, p in sorted(m.named_parameters()) if "lora_" in n]  # noqa: E731
     assert shapes(ours) == shapes(stock)
+
+
+def test_peft_lora_on_the_lm_head_takes_part_in_the_training_loss():
+    """The training-mode loss must run the head's own forward when PEFT wraps it, not just read its weight."""
+    model = get_peft_model(
+        _tiny_lm(), LoraConfig(r=4, target_modules=["c_attn", "lm_head"], lora_dropout=0.0, init_lora_weights=False)
+    )
+    ids = torch.randint(0, 100, (2, 12))
+    with torch.no_grad():
+        eval_loss = model.eval()(input_ids=ids, labels=ids).loss
+    train_loss = model.train()(input_ids=ids, labels=ids).loss
+    assert abs(train_loss.item() - eval_loss.item()) < 1e-5
+    train_loss.backward()
+    head = model.base_model.model.lm_head
+    assert head.lora_B["default"].weight.grad is not None and head.lora_B["default"].weight.grad.abs().sum() > 0
+
+
+def test_training_loss_runs_forward_hooks_on_the_lm_head():
+    model = _tiny_lm().train()
+    ids = torch.randint(0, 100, (2, 12))
+    plain = model(input_ids=ids, labels=ids).loss
+    handle = model.lm_head.register_forward_hook(lambda module, args, output: output * 2.0)
+    try:
+        hooked = model(input_ids=ids, labels=ids).loss
+        with torch.no_grad():
+            expected = model.eval()(input_ids=ids, labels=ids).loss
+    finally:
+        handle.remove()
+    assert abs(hooked.item() - expected.item()) < 1e-5
+    assert abs(hooked.item() - plain.item()) > 1e-3

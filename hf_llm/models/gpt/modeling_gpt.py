@@ -492,22 +492,40 @@ def chunked_causal_lm_loss(
     ignore_index: int = -100,
     chunk_size: int | None = None,
     tied_gradient: TiedHeadGradient | None = None,
+    shift_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy without materialising the full-vocabulary logits.
 
     Equal to `ForCausalLMLoss(hidden_states @ lm_head_weight.T, labels)`: labels are shifted by one
-    inside, positions labelled `ignore_index` are skipped, and the sum is divided by the number of
-    counted tokens, or by `num_items_in_batch` when the Trainer passes it (gradient accumulation).
+    inside (or `shift_labels`, already aligned with the positions, are used as given, as in
+    transformers), positions labelled `ignore_index` are skipped, and the sum is divided by the number
+    of counted tokens, or by `num_items_in_batch` when the Trainer passes it (gradient accumulation).
+    Any other target outside the vocabulary raises a ValueError.
     With `tied_gradient`, the weight's gradient goes to that holder instead (see `TiedHeadGradient`).
     """
-    targets = F.pad(labels, (0, 1), value=ignore_index)[..., 1:].reshape(-1).to(hidden_states.device)
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    targets = shift_labels.reshape(-1).to(hidden_states.device)
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+    if targets.shape[0] != hidden.shape[0]:
+        raise ValueError(
+            f"The labels give {targets.shape[0]} targets for {hidden.shape[0]} positions: pass labels (or "
+            f"shift_labels) of the same (batch, length) shape as the input ids."
+        )
     # Rows without a target cost nothing in the loss: skip them.
     keep = targets != ignore_index
     hidden, targets = hidden[keep], targets[keep]
+    vocab = lm_head_weight.shape[0]
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+        bad = int(targets.min()) if int(targets.min()) < 0 else int(targets.max())
+        raise ValueError(
+            f"Label {bad} is neither a token id (0 to {vocab - 1}) nor ignore_index ({ignore_index}). Mark "
+            f"positions to skip with ignore_index (-100 by default), or pass ignore_index={bad} if that is "
+            f"your marker."
+        )
     if chunk_size is None:
         # About 512 rows at GPT-2's vocabulary (measured fastest on CPU); more rows for small vocabularies.
-        chunk_size = max(512, 2**24 // lm_head_weight.shape[0])
+        chunk_size = max(512, 2**24 // vocab)
     total = _ChunkedLinearCrossEntropy.apply(hidden, lm_head_weight, targets, chunk_size, tied_gradient)
     if num_items_in_batch is None:
         denominator = keep.sum().clamp(min=1)
@@ -519,6 +537,18 @@ def chunked_causal_lm_loss(
 # --------------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------------
+
+
+def _runs_its_own_forward(module: nn.Module, classes: tuple[type, ...]) -> bool:
+    """Whether `module` is exactly one of `classes`, with no hook or replaced forward that could change its output."""
+    return (
+        type(module) in classes
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+        and "forward" not in vars(module)  # accelerate's hooks, among others, replace forward on the instance
+        and not torch.nn.modules.module._global_forward_hooks
+        and not torch.nn.modules.module._global_forward_pre_hooks
+    )
 
 
 class GPTPreTrainedModel(PreTrainedModel):
@@ -729,6 +759,10 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    def _lm_head_is_plain(self) -> bool:
+        """Whether the LM head computes exactly `hidden @ weight.T`, so the chunked loss may stand in for it."""
+        return _runs_its_own_forward(self.lm_head, (nn.Linear, GPTLinear)) and self.lm_head.bias is None
+
     def _can_hand_over_head_gradient(self) -> bool:
         """Whether the chunked loss may pass the tied weight's gradient to the embedding lookup.
 
@@ -737,7 +771,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         """
         wte = self.transformer.wte
         return (
-            type(wte) is nn.Embedding
+            _runs_its_own_forward(wte, (nn.Embedding,))
             and wte.padding_idx is None
             and wte.max_norm is None
             and not wte.scale_grad_by_freq
@@ -769,17 +803,28 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         r"""
         Args:
             labels: token ids to predict, (batch, length), shifted by one inside; -100 is ignored.
+                As with transformers' loss, `shift_labels` (already aligned targets), `ignore_index`
+                and `num_items_in_batch` may be passed as keyword arguments.
             logits_to_keep: if an int > 0, compute logits only for the last that many positions
                 (generation uses 1); a tensor selects positions.
             return_logits: whether to return logits when `labels` are given. By default, a model in
                 training mode with labels computes the loss chunk by chunk without materialising the
-                full-vocabulary logits, and returns `logits=None`; pass `True` to get them.
+                full-vocabulary logits, and returns `logits=None`; pass `True` to get them. A wrapped
+                LM head (a PEFT layer, a forward hook) always runs its own forward, and the logits
+                are returned.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        # The loss's own arguments, as transformers' ForCausalLMLoss takes them.
+        loss_kwargs = {
+            name: kwargs.pop(name)
+            for name in ("num_items_in_batch", "ignore_index", "shift_labels")
+            if kwargs.get(name) is not None
+        }
         if return_logits is None:
             return_logits = labels is None or not self.training
-        chunked_loss = labels is not None and not return_logits
+        # The chunked loss reads the head's weight directly, so a head whose forward is more than
+        # that product (a PEFT LoRA layer, a hook) goes through its forward and the plain loss.
+        chunked_loss = labels is not None and not return_logits and self._lm_head_is_plain()
         tied = TiedHeadGradient() if chunked_loss and inputs_embeds is None and self._can_hand_over_head_gradient() else None
         outputs = self.transformer(
             input_ids,
@@ -799,9 +844,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
 
         loss, logits = None, None
         if chunked_loss:
-            loss = chunked_causal_lm_loss(
-                hidden_states, self.lm_head.weight, labels, num_items_in_batch, tied_gradient=tied
-            )
+            loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, tied_gradient=tied, **loss_kwargs)
         else:
             if isinstance(logits_to_keep, int):
                 kept = hidden_states[:, -logits_to_keep:, :] if logits_to_keep > 0 else hidden_states
@@ -809,9 +852,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
                 kept = hidden_states[:, logits_to_keep, :]
             logits = self.lm_head(kept)
             if labels is not None:
-                loss = self.loss_function(
-                    logits, labels, vocab_size=self.config.vocab_size, num_items_in_batch=num_items_in_batch
-                )
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
 
         if not return_dict:
             rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
