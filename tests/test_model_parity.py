@@ -300,3 +300,24 @@ def test_label_outside_vocabulary_is_refused_in_training_mode(tiny_stock):
     labels[0, 3] = 101
     with pytest.raises(ValueError, match=r"Label 101 .*0 to 100"):
         ours(ids, labels=labels)
+
+
+@pytest.mark.parametrize("impl", ATTN)
+def test_packed_documents_longer_than_the_context_match_stock(tiny_stock, impl):
+    """Padding-free packing (TRL's padding_free): explicit position_ids restart per document, the row may
+    exceed n_positions, and each document attends only to itself."""
+    stock, path = tiny_stock
+    ours, _ = _load(GPTForCausalLM, path, impl)
+    stock.set_attn_implementation(impl)
+    lengths = [30, 25, 20]  # 75 tokens in one row, n_positions = 64
+    torch.manual_seed(5)
+    ids = torch.randint(0, 100, (1, sum(lengths)))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    with torch.no_grad():
+        a = ours(ids, position_ids=positions, use_cache=False).logits
+        b = stock(ids, position_ids=positions, use_cache=False).logits
+        alone = ours(ids[:, 30:55]).logits
+    assert max_diff(a, b) < ATOL
+    assert max_diff(a[:, 30:55], alone) < ATOL
+    with pytest.raises(ValueError, match="position_ids reach 64 .*n_positions=64"):
+        ours(ids[:, :65], position_ids=torch.arange(65)[None])

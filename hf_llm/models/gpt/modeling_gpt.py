@@ -622,7 +622,9 @@ class GPTModel(GPTPreTrainedModel):
     def _check_inputs(self, input_ids, position_ids, past_length, length):
         if torch.compiler.is_compiling():
             return  # data-dependent checks would break the graph; compiled callers are trusted
-        if past_length + length > self.config.n_positions:
+        # Explicit position_ids may restart within a row (several documents packed into one), so then
+        # only the positions themselves are bounded, not the row's length.
+        if position_ids is None and past_length + length > self.config.n_positions:
             raise ValueError(
                 f"Input too long: {past_length + length} positions (prompt/cache {past_length} + new {length}) "
                 f"but this model has n_positions={self.config.n_positions}. Truncate the input to at most "
@@ -640,8 +642,10 @@ class GPTModel(GPTPreTrainedModel):
                 )
         if position_ids is not None and position_ids.numel() > 0 and int(position_ids.max()) >= self.config.n_positions:
             raise ValueError(
-                f"position_ids reach {int(position_ids.max())} but this model has n_positions="
-                f"{self.config.n_positions}. Shorten the input."
+                f"position_ids reach {int(position_ids.max())} (prompt/cache {past_length} + new {length} "
+                f"positions) but this model has n_positions={self.config.n_positions}, so positions must be "
+                f"below {self.config.n_positions}. Truncate the input (or each packed document) to at most "
+                f"{self.config.n_positions} tokens, or lower max_new_tokens."
             )
 
     def forward(
