@@ -241,25 +241,6 @@ def _train_mode_without_dropout(model):
     return model.train()
 
 
-def test_attention_dropout_is_a_module_that_tools_can_switch_off(tiny_stock):
-    """Tools such as TRL's disable_dropout set every nn.Dropout's p to 0: attention dropout must be one of them."""
-    _, path = tiny_stock
-    ours, _ = _load(GPTForCausalLM, path, "sdpa")
-    ids = torch.randint(0, 100, (2, 10))
-    try:
-        with torch.no_grad():
-            expected = ours(ids).logits
-            _train_mode_without_dropout(ours)
-            torch.manual_seed(1)
-            assert max_diff(ours(ids).logits, expected) == 0.0
-            for block in ours.transformer.h:
-                block.attn.attn_dropout.p = 0.5  # only attention dropout on: it must act
-            torch.manual_seed(1)
-            assert max_diff(ours(ids).logits, expected) > 1e-3
-    finally:
-        ours.eval()
-
-
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_loss_arguments_shift_labels_and_ignore_index_match_stock(tiny_stock, mode):
     """transformers' loss takes shift_labels (already aligned targets) and ignore_index through the model's kwargs."""
@@ -321,3 +302,32 @@ def test_packed_documents_longer_than_the_context_match_stock(tiny_stock, impl):
     assert max_diff(a[:, 30:55], alone) < ATOL
     with pytest.raises(ValueError, match="position_ids reach 64 .*n_positions=64"):
         ours(ids[:, :65], position_ids=torch.arange(65)[None])
+
+
+def test_attention_dropout_is_a_module_that_tools_can_switch_off(tiny_stock):
+    """Tools such as TRL's disable_dropout set every nn.Dropout's p to 0: attention dropout must be one of them."""
+    _, path = tiny_stock
+    ours, _ = _load(GPTForCausalLM, path, "sdpa")
+    ids = torch.randint(0, 100, (2, 10))
+    try:
+        with torch.no_grad():
+            expected = ours(ids).logits
+            _train_mode_without_dropout(ours)
+            torch.manual_seed(1)
+            assert max_diff(ours(ids).logits, expected) == 0.0
+            for block in ours.transformer.h:
+                block.attn.attn_dropout.p = 0.5  # only attention dropout on: it must act
+            torch.manual_seed(1)
+            assert max_diff(ours(ids).logits, expected) > 1e-3
+    finally:
+        ours.eval()
+
+
+@pytest.mark.parametrize("activation", ["gelu_accurate", "swish", "relu2"])
+def test_every_stock_activation_function_builds_and_matches_stock(tmp_path, activation):
+    stock = save_stock_lm(tmp_path, activation_function=activation)
+    ours, info = _load(GPTForCausalLM, tmp_path, "sdpa")
+    _no_key_problems(info)
+    ids = torch.randint(0, 100, (2, 11))
+    with torch.no_grad():
+        assert max_diff(ours(ids).logits, stock(ids).logits) < ATOL

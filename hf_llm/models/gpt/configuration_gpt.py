@@ -6,9 +6,10 @@ transformers, because it also ships next to saved checkpoints as Hub remote code
 """
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
-# Activations the model knows how to build (names as in transformers' ACT2FN).
-SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "tanh")
+# Activations the model can build: every name in transformers' ACT2FN, as for stock GPT-2.
+SUPPORTED_ACTIVATIONS = tuple(sorted(ACT2FN))
 
 # The four published GPT-2 sizes. Parameter counts are those of the released checkpoints, with
 # the LM head tied to the token embedding (so it is counted once).
