@@ -331,3 +331,15 @@ def test_every_stock_activation_function_builds_and_matches_stock(tmp_path, acti
     ids = torch.randint(0, 100, (2, 11))
     with torch.no_grad():
         assert max_diff(ours(ids).logits, stock(ids).logits) < ATOL
+
+
+def test_ids_with_an_extra_leading_dimension_give_stock_shapes_and_values(tiny_stock):
+    """GPT-2 accepts (batch, choices, length) ids and returns (batch, choices, length, vocab) logits."""
+    stock, path = tiny_stock
+    ours, _ = _load(GPTForCausalLM, path, "sdpa")
+    ids = torch.randint(0, 100, (2, 3, 10))
+    with torch.no_grad():
+        a, b = ours(ids, labels=ids), stock(ids, labels=ids)
+    assert a.logits.shape == b.logits.shape == (2, 3, 10, 101)
+    assert max_diff(a.logits, b.logits) < ATOL
+    assert abs(a.loss.item() - b.loss.item()) < ATOL

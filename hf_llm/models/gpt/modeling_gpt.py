@@ -685,6 +685,9 @@ class GPTModel(GPTPreTrainedModel):
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False  # the cache would be written twice when checkpointed blocks re-run
 
+        # Like GPT-2, accept ids with extra leading dimensions, e.g. (batch, choices, length), and give the
+        # final hidden states back in that shape.
+        leading_shape = (input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:-1])[:-1]
         if inputs_embeds is None:
             input_ids = input_ids.view(-1, input_ids.shape[-1])
             self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
@@ -732,6 +735,8 @@ class GPTModel(GPTPreTrainedModel):
             if output_attentions:
                 all_attentions += (attn_weights,)
         hidden_states = self.ln_f(hidden_states)
+        if len(leading_shape) > 1:
+            hidden_states = hidden_states.view(*leading_shape, *hidden_states.shape[1:])
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
 
