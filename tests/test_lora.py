@@ -441,3 +441,27 @@ def test_load_adapter_errors(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "use_dora": True}))
     with pytest.raises(ValueError, match="use_dora"):
         load_adapter(tiny_gpt(), tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["hf_llm", "peft"])
+def test_full_save_of_a_model_with_adapters_injected_loads_back_exactly(tmp_path, backend):
+    """What the Trainer writes and reads when it checkpoints and resumes a model whose adapters are
+    injected: save_pretrained, then a plain load_state_dict of that file into a fresh injected model."""
+    from safetensors.torch import load_file
+
+    def injected(seed):
+        model = tiny_gpt(seed)
+        if backend == "hf_llm":
+            inject_lora(model, target_modules=ALL_PROJECTIONS, r=4, alpha=8, init_lora_weights=False)
+            return model
+        return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=ALL_PROJECTIONS, init_lora_weights=False)).base_model.model
+
+    trained, fresh = injected(0), injected(1)
+    trained.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    c_attn = "transformer.h.0.attn.c_attn.base_layer.weight"
+    assert saved[c_attn].shape == (TINY["n_embd"], 3 * TINY["n_embd"])  # GPT-2's (in, out) layout, as for the bare weights
+    result = fresh.load_state_dict(saved, strict=False)  # as the Trainer does: the tied head is not in the file
+    assert result.missing_keys == ["lm_head.weight"] and not result.unexpected_keys
+    for (name, a), b in zip(trained.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name

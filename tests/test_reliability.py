@@ -218,9 +218,9 @@ RESUME_ARGS = {
 }
 
 
-def _run(recipe, out, wait_for=None):
+def _run(recipe, out, wait_for=None, extra=()):
     args = [sys.executable, str(RECIPES / f"{recipe}.py"), "--output_dir", str(out), "--max_steps", "8", "--save_strategy", "steps",
-            "--save_steps", "2", "--seed", "7", *RESUME_ARGS[recipe]]
+            "--save_steps", "2", "--seed", "7", *RESUME_ARGS[recipe], *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if wait_for is None:
         subprocess.run(args, cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=300)
@@ -234,18 +234,27 @@ def _run(recipe, out, wait_for=None):
     proc.wait()
 
 
-@pytest.mark.parametrize("recipe, weights", [("pretrain", "model.safetensors"), ("sft_lora", "adapter_model.safetensors")])
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, recipe, weights):
+@pytest.mark.parametrize(
+    "recipe, extra, weights",
+    [
+        ("pretrain", [], "model.safetensors"),
+        ("sft_lora", [], "adapter_model.safetensors"),
+        # hf_llm.lora checkpoints the whole model, adapters injected: resume reads it with load_state_dict
+        ("sft_lora", ["--lora_backend", "hf_llm"], "adapter_model.safetensors"),
+    ],
+    ids=["pretrain", "sft_lora", "sft_lora-hf_llm"],
+)
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, recipe, extra, weights):
     reference = tmp_path / "reference"
-    _run(recipe, reference)
+    _run(recipe, reference, extra=extra)
     killed = tmp_path / "killed"
-    _run(recipe, killed, wait_for="checkpoint-4")
+    _run(recipe, killed, wait_for="checkpoint-4", extra=extra)
     assert not (killed / weights).exists()  # it really died mid-run
     # A checkpoint whose write was interrupted (no trainer_state.json) is skipped.
     partial = killed / "checkpoint-99"
     partial.mkdir(exist_ok=True)
     (partial / "model.safetensors").write_bytes(b"truncated")
-    _run(recipe, killed)  # detects the last complete checkpoint and resumes
+    _run(recipe, killed, extra=extra)  # detects the last complete checkpoint and resumes
     state = json.loads((killed / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
     a, b = _weights(reference, weights), _weights(killed, weights)

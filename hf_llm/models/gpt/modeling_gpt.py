@@ -300,12 +300,16 @@ class GPTBlock(GradientCheckpointingLayer):
 
 # Weights that GPT-2 stores (in_features, out_features) in its Conv1D modules.
 CONV1D_WEIGHT_NAMES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# The same weights inside a LoRA layer (hf_llm.lora or PEFT), e.g. `attn.c_attn.base_layer.weight`: a
+# model saved in training with its adapters injected keeps every base weight in GPT-2's layout too.
+_WRAPPED_CONV1D_WEIGHT_NAMES = tuple(name.replace(".weight", ".base_layer.weight") for name in CONV1D_WEIGHT_NAMES)
+_LAYOUT_WEIGHT_NAMES = CONV1D_WEIGHT_NAMES + _WRAPPED_CONV1D_WEIGHT_NAMES
 
 
 def _conv1d_layout_converters() -> list[WeightConverter]:
     """transformers weight converters between GPT-2's on-disk layout and `nn.Linear`'s."""
     converters = []
-    for name in CONV1D_WEIGHT_NAMES:
+    for name in _LAYOUT_WEIGHT_NAMES:
         pattern = name.replace(".", r"\.")
         converters.append(WeightConverter(source_patterns=pattern, target_patterns=pattern, operations=[Transpose(0, 1)]))
     return converters
@@ -314,10 +318,10 @@ def _conv1d_layout_converters() -> list[WeightConverter]:
 def _transpose_conv1d_layout_hook(module, state_dict, prefix, *args, **kwargs):
     # c_attn is (3 * n_embd, n_embd) as nn.Linear and (n_embd, 3 * n_embd) in GPT-2's layout: never
     # square, so its shape tells which layout the whole block was saved in.
-    c_attn = state_dict.get(prefix + "attn.c_attn.weight")
+    c_attn = state_dict.get(prefix + "attn.c_attn.weight", state_dict.get(prefix + "attn.c_attn.base_layer.weight"))
     if c_attn is None or tuple(c_attn.shape) == tuple(module.attn.c_attn.weight.shape):
         return
-    for name in CONV1D_WEIGHT_NAMES:
+    for name in _LAYOUT_WEIGHT_NAMES:
         if prefix + name in state_dict:
             state_dict[prefix + name] = state_dict[prefix + name].t()
 
@@ -327,7 +331,7 @@ def _checkpoint_uses_conv1d_layout(state_dict, checkpoint_files) -> bool:
     shape = None
     if state_dict is not None:
         for key, tensor in state_dict.items():
-            if key.endswith("attn.c_attn.weight"):
+            if key.endswith(("attn.c_attn.weight", "attn.c_attn.base_layer.weight")):
                 shape = tuple(tensor.shape)
                 break
     for file in checkpoint_files or []:
@@ -337,12 +341,12 @@ def _checkpoint_uses_conv1d_layout(state_dict, checkpoint_files) -> bool:
             from safetensors import safe_open
 
             with safe_open(file, framework="pt") as handle:
-                key = next((k for k in handle.keys() if k.endswith("attn.c_attn.weight")), None)
+                key = next((k for k in handle.keys() if k.endswith(("attn.c_attn.weight", "attn.c_attn.base_layer.weight"))), None)
                 if key is not None:
                     shape = tuple(handle.get_slice(key).get_shape())
         else:
             tensors = torch.load(file, map_location="meta", weights_only=True, mmap=True)
-            key = next((k for k in tensors if k.endswith("attn.c_attn.weight")), None)
+            key = next((k for k in tensors if k.endswith(("attn.c_attn.weight", "attn.c_attn.base_layer.weight"))), None)
             if key is not None:
                 shape = tuple(tensors[key].shape)
     return shape is not None and shape[1] == 3 * shape[0]
@@ -597,7 +601,7 @@ class GPTPreTrainedModel(PreTrainedModel):
 def _is_layout_converter(conversion) -> bool:
     return isinstance(conversion, WeightConverter) and any(
         isinstance(op, Transpose) for op in conversion.operations
-    ) and any(name.replace(".", r"\.") in conversion.source_patterns for name in CONV1D_WEIGHT_NAMES)
+    ) and any(name.replace(".", r"\.") in conversion.source_patterns for name in _LAYOUT_WEIGHT_NAMES)
 
 
 class GPTModel(GPTPreTrainedModel):
