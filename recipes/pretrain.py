@@ -51,7 +51,7 @@ DEFAULTS = dict(
 
 
 def main(model_args, data_args, pretrain_args, run_args, trust_args, training_args):
-    resume, push = begin_run(training_args, run_args)
+    resume, push = begin_run(training_args, run_args, "pretrain")
 
     # Everything that can fail on bad input runs before the output folder is touched.
     corpus = load_text_corpus(data_args, seed=training_args.seed)

@@ -49,7 +49,7 @@ DEFAULTS = dict(
 
 
 def main(model_args, data_args, lora_args, run_args, training_args):
-    resume, push = begin_run(training_args, run_args)
+    resume, push = begin_run(training_args, run_args, "reward_modeling")
 
     # Everything that can fail on bad input runs before the output folder is touched.
     tokenizer = resolve_tokenizer(model_args)

@@ -109,6 +109,19 @@ def test_output_dir_of_another_run_is_refused_unless_overwrite(tmp_path, capsys)
     assert "finished run" in refused(capsys, "pretrain", "--output_dir", str(out), "--max_steps", "1", *TINY_PRETRAIN)
 
 
+def test_unfinished_run_of_another_recipe_is_refused_not_resumed(tmp_path, capsys):
+    from hf_llm.training.setup import RUN_FILE
+
+    out = tmp_path / "out"
+    (out / "checkpoint-5").mkdir(parents=True)
+    (out / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    marker = json.dumps({"completed": False, "recipe": "pretrain"})
+    (out / RUN_FILE).write_text(marker)
+    message = refused(capsys, "sft_lora", "--output_dir", str(out), "--max_steps", "1")
+    assert "unfinished run of the pretrain recipe" in message and "overwrite_output_dir" in message
+    assert (out / RUN_FILE).read_text() == marker and sorted(p.name for p in out.iterdir()) == ["checkpoint-5", RUN_FILE]
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_checkpoint(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as err:

@@ -41,17 +41,19 @@ def setup_logging(training_args):
     transformers.utils.logging.set_verbosity_warning()
 
 
-def begin_run(training_args, run_args):
+def begin_run(training_args, run_args, recipe: str):
     """What every training recipe does first: logging, the seed (before the model is built, so its
-    initialisation is reproducible), the output-folder check, and taking over the Hub push.
-    Returns (checkpoint to resume from or None, push settings)."""
+    initialisation is reproducible), the output-folder check (an unfinished run of the same `recipe`
+    is resumed), and taking over the Hub push. Returns (checkpoint to resume from or None, push settings)."""
     from transformers import set_seed
 
     from .setup import prepare_output_dir
 
     setup_logging(training_args)
     set_seed(training_args.seed)
-    resume = prepare_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
+    resume = prepare_output_dir(
+        training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint, recipe
+    )
     return resume, take_push_settings(training_args)
 
 

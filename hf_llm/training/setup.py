@@ -23,12 +23,14 @@ class RecipeError(ValueError):
 # --- output folder ------------------------------------------------------------------------------
 
 
-def prepare_output_dir(output_dir, overwrite: bool, resume_from_checkpoint: str | None) -> str | None:
+def prepare_output_dir(output_dir, overwrite: bool, resume_from_checkpoint: str | None, recipe: str | None = None) -> str | None:
     """Decide what to do with `output_dir` before anything is written; returns the checkpoint to resume.
 
     - missing or empty: a new run;
-    - holding checkpoints of an unfinished run: resume from the last one (as transformers' examples do);
-    - holding a finished run or other files: refused, unless `overwrite` (then it is emptied).
+    - holding checkpoints of an unfinished run of the same `recipe`: resume from the last one (as
+      transformers' examples do);
+    - holding a finished run, another recipe's run or other files: refused, unless `overwrite` (then
+      it is emptied).
     Nothing is created here: the folder appears only when training starts.
     """
     path = Path(output_dir)
@@ -47,10 +49,15 @@ def prepare_output_dir(output_dir, overwrite: bool, resume_from_checkpoint: str 
         (p for p in path.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and _checkpoint_complete(p)),
         key=lambda p: int(p.name.split("-")[-1]),
     )
-    if checkpoints and run is not None and not run.get("completed"):
+    other_recipe = run is not None and recipe is not None and run.get("recipe") not in (None, recipe)
+    if checkpoints and run is not None and not run.get("completed") and not other_recipe:
         logger.warning("Resuming the unfinished run in %s from %s", path, checkpoints[-1])
         return str(checkpoints[-1])
-    what = "a finished run" if run and run.get("completed") else "files of another run"
+    if other_recipe:
+        state = "a finished" if run.get("completed") else "an unfinished"
+        what = f"{state} run of the {run['recipe']} recipe (this is {recipe})"
+    else:
+        what = "a finished run" if run and run.get("completed") else "files of another run"
     raise RecipeError(
         f"output_dir {path} already holds {what}. Choose a new --output_dir, pass --overwrite_output_dir to "
         f"replace it, or --resume_from_checkpoint to continue from one of its checkpoints."
