@@ -9,6 +9,7 @@ Command line: `hf-llm-export-gpt2 SOURCE OUTPUT_DIR` (or `python -m hf_llm.expor
 """
 
 import argparse
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,9 +28,17 @@ def export_to_gpt2(model, output_dir, tokenizer=None, overwrite: bool = False) -
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} is not empty; choose another folder or pass overwrite=True.")
+        raise FileExistsError(
+            f"{output_dir} is not empty; choose another folder or pass overwrite=True (--overwrite on the command line)."
+        )
     if isinstance(model, (str, Path)):
         source = Path(model)
+        if (source / "adapter_config.json").is_file():
+            raise ValueError(
+                f"{source} holds a LoRA adapter, not a model. Export a model with the adapter merged in: run the "
+                f"recipe with --merge_adapter true (it writes a merged/ folder), or merge it yourself with PEFT's "
+                f"merge_and_unload() and save_pretrained, then export that folder."
+            )
         architectures = GPT2Config.get_config_dict(str(source))[0].get("architectures") or []
         cls = GPTForSequenceClassification if any("SequenceClassification" in a for a in architectures) else GPTForCausalLM
         model = cls.from_pretrained(source)
@@ -39,6 +48,11 @@ def export_to_gpt2(model, output_dir, tokenizer=None, overwrite: bool = False) -
         stock_cls = GPT2LMHeadModel
     else:
         raise TypeError(f"export_to_gpt2 takes a GPTForCausalLM or GPTForSequenceClassification, got {type(model).__name__}.")
+    if any(name.endswith(".base_layer") for name, _ in model.named_modules()):
+        raise ValueError(
+            "The model has LoRA adapters injected; GPT-2 has no place for them. Merge them first "
+            "(hf_llm.lora.merge_and_unload_lora(model), or PEFT's merge_and_unload()) and export the result."
+        )
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
@@ -52,6 +66,9 @@ def export_to_gpt2(model, output_dir, tokenizer=None, overwrite: bool = False) -
             stock.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
@@ -74,7 +91,10 @@ def main(argv=None):
         tokenizer = AutoTokenizer.from_pretrained(args.source)
     except (OSError, ValueError):
         pass  # a checkpoint without tokenizer files
-    path = export_to_gpt2(args.source, args.output_dir, tokenizer=tokenizer, overwrite=args.overwrite)
+    try:
+        path = export_to_gpt2(args.source, args.output_dir, tokenizer=tokenizer, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as err:
+        parser.error(str(err).replace("overwrite=True (--overwrite on the command line)", "--overwrite"))
     print(f"wrote a model_type=gpt2 checkpoint to {path}")
 
 

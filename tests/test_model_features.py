@@ -1,5 +1,7 @@
 """Features users expect of a transformers model, and the errors for bad input."""
 
+import os
+
 import pytest
 import torch
 from helpers import max_diff, save_stock_lm
@@ -310,6 +312,30 @@ def test_export_to_gpt2_writes_a_plain_gpt2_checkpoint(tmp_path):
         assert max_diff(stock(ids).logits, model(ids).logits) < 1e-5
     with pytest.raises(FileExistsError, match="not empty"):
         export_to_gpt2(model, tmp_path / "gpt2")
+    # An ordinary folder, readable as the user's umask allows (not the private mode of a temp folder).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "gpt2").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_export_refuses_adapters_and_names_the_fix(tmp_path, capsys):
+    from hf_llm import lora
+
+    model = GPTForCausalLM(tiny_config()).eval()
+    lora.inject_lora(model, target_modules=["c_attn"], r=2)
+    with pytest.raises(ValueError, match="merge_and_unload"):
+        export_to_gpt2(model, tmp_path / "out")
+    lora.save_adapter(model, tmp_path / "adapter")
+    with pytest.raises(SystemExit) as err:
+        export_main([str(tmp_path / "adapter"), str(tmp_path / "out")])
+    assert err.value.code == 2 and "holds a LoRA adapter" in capsys.readouterr().err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    lora.merge_and_unload_lora(model).save_pretrained(tmp_path / "merged")
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "merged"), str(tmp_path / "busy")])
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("product", ["plain", "transposed", None])
