@@ -13,6 +13,7 @@ from trl import RewardConfig, RewardTrainer
 from hf_llm.training.arguments import DataArguments, LoraArguments, ModelArguments, RunArguments
 from hf_llm.training.datasets import load_preference_data
 from hf_llm.training.defaults import DEFAULT_BASE_MODEL, bf16_available, cpu_only
+from hf_llm.training.outputs import how_to_load
 from hf_llm.training.lora_setup import apply_lora, save_extra
 from hf_llm.training.run import (
     TRAINING_KEYS, finish_run, begin_run, guarded, hyperparameters, recipe_main,
@@ -84,6 +85,7 @@ def main(model_args, data_args, lora_args, run_args, training_args):
         push=push,
         metrics=metrics,
         trainer_saves=not (lora_args.use_lora and lora_args.lora_backend == "hf_llm"),
+        language_model=False,  # a pairwise loss: its exponential is no perplexity
         save_model=lambda out: save_extra(
             trainer.model, tokenizer, out, lora_args, merge=run_args.merge_adapter, task_type="SEQ_CLS"
         ),
@@ -97,10 +99,7 @@ def main(model_args, data_args, lora_args, run_args, training_args):
             tags=["reward-model", "trl", "lora", "peft"],
             pipeline_tag="text-classification",
             is_adapter=lora_args.use_lora,
-            how_to_load=(
-                "from peft import AutoPeftModelForSequenceClassification\n\n"
-                f'model = AutoPeftModelForSequenceClassification.from_pretrained("{push["repo_id"]}", num_labels=1, trust_remote_code=True)'
-            ),
+            how_to_load=how_to_load(push["repo_id"], model_args.model_name_or_path, task="reward", is_adapter=lora_args.use_lora),
         ),
     )
 

@@ -15,6 +15,7 @@ from hf_llm.training.arguments import DataArguments, LoraArguments, ModelArgumen
 from hf_llm.training.compare import compare_answers
 from hf_llm.training.datasets import load_sft_data
 from hf_llm.training.defaults import DEFAULT_BASE_MODEL, bf16_available, cpu_only
+from hf_llm.training.outputs import how_to_load
 from hf_llm.training.lora_setup import adapter_disabled, apply_lora, save_extra
 from hf_llm.training.run import (
     TRAINING_KEYS, finish_run, begin_run, guarded, hyperparameters, recipe_main,
@@ -106,11 +107,7 @@ def main(model_args, data_args, lora_args, run_args, training_args):
             tags=["lora", "sft", "trl", "peft"],
             pipeline_tag="text-generation",
             is_adapter=lora_args.use_lora,
-            how_to_load=(
-                "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
-                f'model = AutoPeftModelForCausalLM.from_pretrained("{push["repo_id"]}", trust_remote_code=True)\n'
-                f'tokenizer = AutoTokenizer.from_pretrained("{push["repo_id"]}")'
-            ),
+            how_to_load=how_to_load(push["repo_id"], model_args.model_name_or_path, task="causal_lm", is_adapter=lora_args.use_lora),
         ),
     )
 

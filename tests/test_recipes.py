@@ -45,6 +45,29 @@ def assert_standard_outputs(folder: Path, adapter: bool):
     assert (folder / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def run_card_snippet(folder: Path) -> dict:
+    """Run the model card's "How to load" code with the pushed repo id pointing at the local folder."""
+    card = (folder / "README.md").read_text()
+    code = card.split("## How to load\n\n```python\n")[1].split("```")[0]
+    repo_id = f'"{folder.name}"'
+    assert repo_id in code
+    namespace = {}
+    exec(code.replace(repo_id, repr(str(folder))), namespace)
+    return namespace
+
+
+def assert_adapter_card_loads_the_saved_adapter(folder: Path):
+    from peft import PeftModel, get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    model = run_card_snippet(folder)["model"]
+    assert isinstance(model, PeftModel)
+    loaded, saved = get_peft_model_state_dict(model), load_file(folder / "adapter_model.safetensors")
+    assert loaded.keys() == saved.keys()
+    for key in saved:
+        assert torch.equal(loaded[key], saved[key]), key
+
+
 def test_pretrain_embedded_default(tmp_path):
     out = tmp_path / "pretrain"
     run_recipe(
@@ -112,6 +135,10 @@ def test_sft_lora_embedded_default(tmp_path):
     assert len(answers) == 3 and all({"prompt", "fine_tuned", "base"} <= set(a) for a in answers)
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 32 and config["target_modules"] == ["c_attn"]
+    # The card names the packaged base model, not this machine's path, and its snippet loads the adapter.
+    card = (out / "README.md").read_text()
+    assert "base_model:" not in card and "stdlib-gpt, the small GPT that ships with hf_llm" in card
+    assert_adapter_card_loads_the_saved_adapter(out)
 
 
 @pytest.mark.parametrize("backend", ["peft", "hf_llm"])
@@ -148,8 +175,10 @@ def test_reward_modeling_embedded_default(tmp_path):
     assert_standard_outputs(out, adapter=True)
     metrics = outputs(out)["metrics"]
     assert "eval_accuracy" in metrics and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert "eval_perplexity" not in metrics  # a pairwise loss has none
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 1 and config["modules_to_save"] == ["score"] or "score" in str(config["modules_to_save"])
+    assert_adapter_card_loads_the_saved_adapter(out)
 
 
 @pytest.mark.parametrize("backend", ["peft", "hf_llm"])
@@ -276,3 +305,19 @@ def test_lora_backends_give_the_same_losses(tmp_path):
     assert len(losses["peft"]) == len(losses["hf_llm"]) == 10
     for a, b in zip(losses["peft"], losses["hf_llm"]):
         assert abs(a - b) < 1e-5, (losses["peft"], losses["hf_llm"])
+
+
+def test_card_snippets_name_no_local_path_and_fit_the_kind_of_output(tmp_path):
+    from hf_llm.training.outputs import describe_base_model, how_to_load
+
+    local = tmp_path / "my-base"
+    local.mkdir()
+    hub = how_to_load("me/sft", "openai-community/gpt2", task="causal_lm", is_adapter=True)
+    assert "AutoPeftModelForCausalLM.from_pretrained(\"me/sft\"" in hub
+    elsewhere = how_to_load("me/rm", str(local), task="reward", is_adapter=True)
+    assert str(tmp_path) not in elsewhere and "path/to/my-base" in elsewhere and "num_labels=1" in elsewhere
+    assert str(tmp_path) not in describe_base_model(str(local)) and "my-base" in describe_base_model(str(local))
+    full = how_to_load("me/rm", "openai-community/gpt2", task="reward", is_adapter=False)
+    assert "AutoModelForSequenceClassification.from_pretrained(\"me/rm\"" in full and "peft" not in full
+    for code in (hub, elsewhere, full):
+        compile(code, "card", "exec")

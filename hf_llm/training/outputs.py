@@ -81,6 +81,66 @@ def _yaml_list(name: str, values) -> str:
     return f"{name}:\n" + "".join(f"- {v}\n" for v in values)
 
 
+def _is_local(base_model: str | None) -> bool:
+    return bool(base_model) and Path(base_model).expanduser().exists()
+
+
+def _is_packaged_default(base_model: str | None) -> bool:
+    from .defaults import DEFAULT_BASE_MODEL
+
+    return _is_local(base_model) and Path(base_model).resolve() == Path(DEFAULT_BASE_MODEL).resolve()
+
+
+def describe_base_model(base_model: str | None) -> str:
+    """How a model card names the base model: a Hub id as is; a local folder as what it is, since its
+    path means nothing on another machine."""
+    if not base_model:
+        return "none (trained from scratch)"
+    if _is_packaged_default(base_model):
+        return "stdlib-gpt, the small GPT that ships with hf_llm (`hf_llm.training.defaults.DEFAULT_BASE_MODEL`)"
+    if _is_local(base_model):
+        return f"a local checkpoint, `{Path(base_model).name}`"
+    return base_model
+
+
+def how_to_load(repo_id: str, base_model: str | None, *, task: str, is_adapter: bool) -> str:
+    """The model card's loading snippet for a finished run pushed as `repo_id`.
+
+    `task` is "causal_lm" or "reward". A full model loads by itself (as remote code). An adapter loads
+    with PEFT onto its base: a Hub base is named in the adapter's config, so PEFT's Auto classes find
+    it; the packaged default base is loaded from hf_llm; another local base must be loaded from
+    wherever the user keeps it.
+    """
+    reward = task == "reward"
+    auto = "AutoModelForSequenceClassification" if reward else "AutoModelForCausalLM"
+    extra = ", num_labels=1" if reward else ""
+    tokenizer = "" if reward else f'\ntokenizer = AutoTokenizer.from_pretrained("{repo_id}")'
+    tokenizer_import = "" if reward else "\nfrom transformers import AutoTokenizer"
+    if not is_adapter:
+        return (
+            f"from transformers import {auto}{', AutoTokenizer' if not reward else ''}\n\n"
+            f'model = {auto}.from_pretrained("{repo_id}", trust_remote_code=True){tokenizer}'
+        )
+    if not _is_local(base_model):
+        return (
+            f"from peft import AutoPeft{auto.removeprefix('Auto')}{tokenizer_import}\n\n"
+            f'model = AutoPeft{auto.removeprefix("Auto")}.from_pretrained("{repo_id}"{extra}, trust_remote_code=True){tokenizer}'
+        )
+    ours = "GPTForSequenceClassification" if reward else "GPTForCausalLM"
+    if _is_packaged_default(base_model):
+        base_lines = (
+            f"from hf_llm import {ours}\nfrom hf_llm.training.defaults import DEFAULT_BASE_MODEL\n\n"
+            f"base = {ours}.from_pretrained(DEFAULT_BASE_MODEL{extra})"
+        )
+    else:
+        base_lines = (
+            f"from hf_llm import {ours}\n\n"
+            f"# The base model was a local checkpoint ({Path(base_model).name}): load it from where you keep it.\n"
+            f'base = {ours}.from_pretrained("path/to/{Path(base_model).name}"{extra})'
+        )
+    return f"from peft import PeftModel{tokenizer_import}\n{base_lines}\nmodel = PeftModel.from_pretrained(base, \"{repo_id}\"){tokenizer}"
+
+
 def write_model_card(
     output_dir,
     *,
@@ -101,7 +161,7 @@ def write_model_card(
 
     header = "---\n"
     header += f"library_name: {'peft' if is_adapter else 'transformers'}\n"
-    if base_model:
+    if base_model and not _is_local(base_model):  # the Hub's metadata takes a repo id, not a path
         header += f"base_model: {base_model}\n"
     header += _yaml_list("datasets", datasets)
     header += _yaml_list("tags", ["hf_llm", "gpt2", *tags])
@@ -125,7 +185,7 @@ def write_model_card(
 
 {summary}
 
-- Base model: {base_model or "none (trained from scratch)"}
+- Base model: {describe_base_model(base_model)}
 - Data: {", ".join(datasets) if datasets else "-"}
 
 ## How to load

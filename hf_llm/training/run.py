@@ -106,8 +106,11 @@ def finish_run(
     card: dict,
     save_model=None,
     trainer_saves: bool = True,
+    language_model: bool = True,
 ):
     """Write metrics.json, loss_curve.png, the model card and mark the run complete; then push.
+
+    For a `language_model` (next-token loss) the eval loss is also reported as perplexity.
 
     The final weights (model or PEFT adapter) and tokenizer are saved by `trainer.save_model()`,
     which every process must call (FSDP and DeepSpeed gather shards there); `save_model`, if
@@ -125,7 +128,7 @@ def finish_run(
         return
     if save_model is not None:
         save_model(output_dir)
-    if "eval_loss" in metrics:
+    if language_model and "eval_loss" in metrics:
         metrics.setdefault("eval_perplexity", perplexity(metrics["eval_loss"]))
     write_json(metrics, output_dir / "metrics.json")
     write_json({"log_history": trainer.state.log_history}, output_dir / "log_history.json")
