@@ -45,6 +45,25 @@ def test_empty_data_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "recipe, args, words",
+    [
+        ("sft_lora", ["--model_name_or_path", "./no/such/model"], ["./no/such/model", "no such folder"]),
+        ("generate", ["--model_name_or_path", "/no/such/model"], ["/no/such/model", "no such folder"]),
+        ("pretrain", ["--stride", "-1", *TINY_PRETRAIN], ["--stride", "-1"]),
+        ("pretrain", ["--stride", "0", *TINY_PRETRAIN], ["--stride", "0"]),
+        ("pretrain", ["--block_size", "60000", "--n_positions", "60000", *TINY_PRETRAIN], ["fewer than one block", "--block_size"]),
+    ],
+    ids=["missing-model-folder", "generate-missing-model", "negative-stride", "zero-stride", "texts-shorter-than-a-block"],
+)
+def test_bad_model_path_and_packing_settings_are_refused(tmp_path, capsys, recipe, args, words):
+    output = [] if recipe == "generate" else ["--output_dir", str(tmp_path / "out")]
+    message = refused(capsys, recipe, *output, *args)
+    for word in words:
+        assert word in message, message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
     "row, words",
     [
         ({"instruction": "Say hi", "input": ""}, ["row 1", "output"]),

@@ -8,7 +8,7 @@ import torch
 from transformers import CompileConfig, GenerationConfig, TextStreamer
 
 from ..models.gpt import GPTForCausalLM
-from .setup import RecipeError, check_weights_are_safe, resolve_tokenizer
+from .setup import RecipeError, check_weights_are_safe, from_pretrained_or_refuse, resolve_tokenizer
 
 
 def _device(name: str | None) -> torch.device:
@@ -38,7 +38,7 @@ def load_for_generation(model_args, gen_args, trust_remote_code: bool = False):
         kwargs["dtype"] = getattr(torch, model_args.dtype) if model_args.dtype != "auto" else "auto"
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
-    model = GPTForCausalLM.from_pretrained(path, **kwargs)
+    model = from_pretrained_or_refuse(GPTForCausalLM, path, **kwargs)
     tokenizer_source = model_args.tokenizer_name_or_path
     if tokenizer_source is None:
         tokenizer_source = adapter if adapter and Path(adapter, "tokenizer_config.json").is_file() else path

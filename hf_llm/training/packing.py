@@ -2,6 +2,8 @@
 
 from datasets import Dataset
 
+from .setup import RecipeError
+
 
 def token_stream(texts, tokenizer, eos_token_id: int | None) -> list[int]:
     """Tokenize every text and join them into one stream, with end-of-text between documents."""
@@ -21,10 +23,10 @@ def sliding_blocks(stream: list[int], block_size: int, stride: int | None = None
     labels are the inputs, shifted inside the model). A tail shorter than a block is dropped.
     """
     if block_size < 2:
-        raise ValueError(f"block_size must be at least 2, got {block_size}.")
-    stride = stride or block_size
+        raise RecipeError(f"--block_size must be at least 2, got {block_size}.")
+    stride = block_size if stride is None else stride
     if stride < 1:
-        raise ValueError(f"stride must be positive, got {stride}.")
+        raise RecipeError(f"--stride must be a positive number of tokens (or unset, for block_size), got {stride}.")
     return [stream[start : start + block_size] for start in range(0, len(stream) - block_size + 1, stride)]
 
 
@@ -33,7 +35,7 @@ def blocks_dataset(texts, tokenizer, block_size: int, stride: int | None = None,
     stream = token_stream(texts, tokenizer, tokenizer.eos_token_id)
     blocks = sliding_blocks(stream, block_size, stride)
     if not blocks:
-        raise ValueError(
+        raise RecipeError(
             f"The {split_name} texts give {len(stream)} tokens, fewer than one block of {block_size}. "
             f"Use more data or a smaller --block_size."
         )

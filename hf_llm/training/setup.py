@@ -180,10 +180,26 @@ def load_model(model_args, task: str = "causal-lm", tokenizer=None, num_labels: 
         kwargs["dtype"] = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
     if task != "causal-lm":
         kwargs.update(num_labels=num_labels, pad_token_id=pad_id)
-    model = cls.from_pretrained(name, **kwargs)
+    model = from_pretrained_or_refuse(cls, name, **kwargs)
     if task != "causal-lm" and pad_id is not None:
         model.config.pad_token_id = pad_id
     return model
+
+
+def refuse_missing_folder(name_or_path: str, flag: str) -> None:
+    """A name that can only be a local path (not a Hub name, owner/name) must exist."""
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if looks_local and not Path(name_or_path).expanduser().exists():
+        raise RecipeError(f"{flag} {name_or_path}: no such folder. Check the path (a Hub name has the form owner/name).")
+
+
+def from_pretrained_or_refuse(cls, name_or_path: str, **kwargs):
+    """`cls.from_pretrained`, with a missing folder or an unknown Hub name refused as a RecipeError."""
+    refuse_missing_folder(name_or_path, "--model_name_or_path")
+    try:
+        return cls.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:  # transformers' message says what it looked for and where
+        raise RecipeError(f"--model_name_or_path {name_or_path}: {err}") from None
 
 
 def check_vocab_agreement(model, tokenizer):
@@ -212,7 +228,14 @@ def resolve_tokenizer(model_args, texts=None, bpe_vocab_size: int = 4096):
             "Hub name, or 'char' / 'bpe' to build one from the training texts."
         )
     else:
-        tokenizer = load_tokenizer(name)
+        flag = "--tokenizer_name_or_path" if model_args.tokenizer_name_or_path else "--model_name_or_path"
+        refuse_missing_folder(name, flag)
+        try:
+            tokenizer = load_tokenizer(name)
+        except OSError as err:  # not found locally or on the Hub: transformers' message says where it looked
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise RecipeError(f"{flag} {name}: {err}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
