@@ -67,7 +67,7 @@ def test_compiled_static_cache_decoding_gives_the_eager_tokens():
     compiled = model.generate(
         prompt,
         generation_config=GenerationConfig(
-            **common, cache_implementation="static", compile_config=decoding_compile_config(torch.device("cpu"))
+            **common, cache_implementation="static", compile_config=decoding_compile_config(model.device)
         ),
     )
     assert torch.equal(eager, compiled)
@@ -107,3 +107,8 @@ def test_generate_recipe_with_compile_prints_the_eager_text(capsys):
     eager = capsys.readouterr().out
     run_recipe("generate", "--prompt", "def add(a, b):", "--max_new_tokens", "10", "--stream", "false", "--compile", "true")
     assert capsys.readouterr().out == eager
+
+
+def test_decoding_compile_config_takes_a_device_or_its_name():
+    assert decoding_compile_config("cpu").mode == decoding_compile_config(torch.device("cpu")).mode == "default"
+    assert decoding_compile_config("cuda:0").mode == "reduce-overhead"

@@ -53,13 +53,14 @@ def load_for_generation(model_args, gen_args, trust_remote_code: bool = False):
     return model.to(_device(gen_args.device)).eval(), tokenizer
 
 
-def decoding_compile_config(device: torch.device) -> CompileConfig:
+def decoding_compile_config(device: torch.device | str) -> CompileConfig:
     """A `CompileConfig` that makes `generate` compile its decoding step on any device.
 
     transformers compiles the decoding step by itself only on accelerators, and only with a static
     cache; this asks for it everywhere, as one full graph with fixed shapes (the static cache keeps
     every shape constant, so it compiles once). CUDA graphs ("reduce-overhead") only exist on CUDA.
     """
+    device = torch.device(device)
     config = CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else "default")
     config._compile_all_devices = True
     return config
