@@ -520,8 +520,9 @@ def chunked_causal_lm_loss(
     keep = targets != ignore_index
     hidden, targets = hidden[keep], targets[keep]
     vocab = lm_head_weight.shape[0]
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
-        bad = int(targets.min()) if int(targets.min()) < 0 else int(targets.max())
+    low, high = (int(t) for t in torch.aminmax(targets)) if targets.numel() else (0, 0)
+    if low < 0 or high >= vocab:
+        bad = low if low < 0 else high
         raise ValueError(
             f"Label {bad} is neither a token id (0 to {vocab - 1}) nor ignore_index ({ignore_index}). Mark "
             f"positions to skip with ignore_index (-100 by default), or pass ignore_index={bad} if that is "
