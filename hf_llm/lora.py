@@ -242,7 +242,8 @@ class LoRALinear(nn.Module):
         weight = self.base_layer.weight
         if keep_original:
             self._weight_before_merge = weight.detach().clone()
-        weight += self.delta_weight(name).to(weight.dtype)
+        # Added in the update's precision and rounded once to the weight's dtype, as PEFT merges.
+        weight += self.delta_weight(name)
         self.merged_adapter = name
 
     @torch.no_grad()
@@ -254,7 +255,7 @@ class LoRALinear(nn.Module):
         if self._weight_before_merge is not None:
             weight.copy_(self._weight_before_merge)
         else:  # merged with keep_original=False: the best we can do is subtract
-            weight -= self.delta_weight(self.merged_adapter).to(weight.dtype)
+            weight -= self.delta_weight(self.merged_adapter)
         self._weight_before_merge = None
         self.merged_adapter = None
 
@@ -340,20 +341,32 @@ def _linear_names_hint(model: nn.Module) -> str:
     return f"Linear modules in {type(model).__name__}: {', '.join(short)} (full names like {names[0]!r})."
 
 
-def find_target_modules(model: nn.Module, target_modules: str | Sequence[str]) -> dict[str, nn.Module]:
+# Names of sequence-classification heads, which "all-linear" leaves alone (PEFT's list).
+CLASSIFIER_HEAD_NAMES = ("score", "classifier")
+
+
+def find_target_modules(
+    model: nn.Module, target_modules: str | Sequence[str], require_every_target: bool = True
+) -> dict[str, nn.Module]:
     """The modules `target_modules` selects, by name; a ValueError if a target matches nothing
     or matches something other than a linear layer.
 
     `target_modules` is a list of names (matched against the end of module names), a regex string
     (matched against whole module names), or `"all-linear"`: every linear layer except the output
-    head.
+    head and, in a sequence classifier, its head. With `require_every_target=False` a list only
+    needs one name that matches (PEFT's rule, used when loading a saved adapter).
     """
-    if isinstance(target_modules, str) and target_modules == "all-linear":
+    if isinstance(target_modules, str) and target_modules.lower() == "all-linear":
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        # As PEFT: the output head stays as it is, and so does a classifier's head (trained in full,
+        # if at all, through modules_to_save).
+        classifier = type(model).__name__.endswith("ForSequenceClassification")
         found = {
             name: module
             for name, module in _modules_outside_lora(model)
-            if isinstance(module, (nn.Linear, LoRALinear)) and module is not head
+            if isinstance(module, (nn.Linear, LoRALinear))
+            and module is not head
+            and not (classifier and name.rsplit(".", 1)[-1] in CLASSIFIER_HEAD_NAMES)
         }
         if not found:
             raise ValueError(f"target_modules='all-linear' matched nothing. {_linear_names_hint(model)}")
@@ -368,6 +381,8 @@ def find_target_modules(model: nn.Module, target_modules: str | Sequence[str]) -
         missing = [target_modules] if not found else []
     else:
         missing = [t for t in target_modules if not any(_is_target(name, [t]) for name in found)]
+        if not require_every_target and found:
+            missing = []
     if missing:
         raise ValueError(f"LoRA target module(s) {missing} not found in the model. {_linear_names_hint(model)}")
     wrong = {name: type(m).__name__ for name, m in found.items() if not isinstance(m, (nn.Linear, LoRALinear))}
@@ -401,6 +416,7 @@ def inject_lora(
     init_lora_weights: bool | str = True,
     use_rslora: bool = False,
     modules_to_save: Sequence[str] | None = None,
+    require_every_target: bool = True,
 ) -> nn.Module:
     """Add a LoRA adapter to the model's matching linear layers, in place, and return the model.
 
@@ -413,14 +429,15 @@ def inject_lora(
     train). `set_adapter` switches back. Unlike PEFT, which trains a copy of each module to save,
     those modules are trained in place: disabling or unloading the adapter does not restore them.
 
-    Raises ValueError, before changing anything, when a target matches no module or a non-linear
-    one, when no module matches `modules_to_save`, or when the adapter name is already in use.
+    Raises ValueError, before changing anything, when a target matches no module (with
+    `require_every_target=False`: when no target matches any) or a non-linear one, when no module
+    matches `modules_to_save`, or when the adapter name is already in use.
     """
     _check_adapter_name(adapter_name)
     _check_lora_settings(r, alpha, dropout, init_lora_weights)
     if isinstance(model, LoRALinear) or type(model) is nn.Linear:
         raise ValueError("inject_lora adapts layers inside a model; wrap a lone nn.Linear with LoRALinear(layer, ...).")
-    targets = find_target_modules(model, target_modules)
+    targets = find_target_modules(model, target_modules, require_every_target)
     taken = [name for name, m in targets.items() if isinstance(m, LoRALinear) and adapter_name in m.lora_A]
     if taken:
         raise ValueError(f"Adapter {adapter_name!r} already exists on {taken[:3]}...; choose another adapter_name.")
@@ -706,7 +723,20 @@ _UNSUPPORTED_SETTINGS = {
     "trainable_token_indices": None,
     "layer_replication": None,
     "use_qalora": False,
+    # LoRA variants whose forward pass differs from plain LoRA's
+    "alora_invocation_tokens": None,
+    "arrow_config": None,
+    "use_bdlora": False,
+    "velora_config": None,
+    "monteclora_config": None,
+    "kasa_config": None,
 }
+# Initialisations that also change the base weight (PEFT redoes them when it loads the adapter).
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga", "eva", "mica")
+
+
+def _is_off(value, off) -> bool:
+    return value is None or value is False or value == {} or value == [] or (type(value) is type(off) and value == off)
 
 
 def read_adapter_config(folder: str | os.PathLike) -> dict:
@@ -720,11 +750,10 @@ def read_adapter_config(folder: str | os.PathLike) -> dict:
     config = json.loads(path.read_text())
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{path}: peft_type is {config.get('peft_type')!r}; hf_llm.lora loads only 'LORA' adapters.")
-    used = {
-        key: config[key]
-        for key, off in _UNSUPPORTED_SETTINGS.items()
-        if config.get(key) not in (off, None, False, {}, [])
-    }
+    used = {key: config[key] for key, off in _UNSUPPORTED_SETTINGS.items() if not _is_off(config.get(key), off)}
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
+        used["init_lora_weights"] = init
     if used:
         raise ValueError(f"{path} uses LoRA features hf_llm.lora does not implement: {used}. Load it with PEFT.")
     if not config.get("target_modules"):
@@ -771,6 +800,7 @@ def load_adapter(
             dropout=config.get("lora_dropout", 0.0),
             adapter_name=adapter_name,
             use_rslora=bool(config.get("use_rslora", False)),
+            require_every_target=False,  # PEFT loads an adapter if any of its targets exists
         )
     params = {}
     for name, layer in _adapter_layers(model, adapter_name).items():

@@ -465,3 +465,53 @@ def test_full_save_of_a_model_with_adapters_injected_loads_back_exactly(tmp_path
     assert result.missing_keys == ["lm_head.weight"] and not result.unexpected_keys
     for (name, a), b in zip(trained.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_merge_onto_a_bf16_base_rounds_once_as_peft_does():
+    theirs, ours = peft_and_ours(tiny_gpt().to(torch.bfloat16), ALL_PROJECTIONS)
+    theirs.merge_adapter()
+    merge_lora(ours)
+    merged_theirs = {k.removeprefix("base_model.model."): v for k, v in theirs.state_dict().items()}
+    for name, weight in ours.state_dict().items():
+        if name.endswith("base_layer.weight"):
+            assert torch.equal(weight, merged_theirs[name]), name
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"alora_invocation_tokens": [7]},
+        {"init_lora_weights": "pissa"},
+        {"init_lora_weights": "olora"},
+        {"use_bdlora": True},
+        {"layers_to_transform": 0},
+    ],
+    ids=lambda s: next(iter(s)) + "=" + str(next(iter(s.values()))),
+)
+def test_adapters_using_settings_this_lora_lacks_are_refused(tmp_path, setting):
+    """Loading them as plain LoRA would give other outputs than PEFT without any error."""
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], **setting}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        load_adapter(tiny_gpt(), tmp_path)
+
+
+def test_all_linear_on_a_classifier_leaves_its_head_as_peft_does(tmp_path):
+    model = tiny_reward_model()
+    theirs = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules="all-linear", task_type="SEQ_CLS"))
+    peft_targets = {n.removeprefix("base_model.model.").removesuffix(".lora_A") for n, _ in theirs.named_modules() if n.endswith(".lora_A")}
+    inject_lora(model, target_modules="ALL-LINEAR", r=2, modules_to_save=["score"])
+    assert set(lora.lora_layers(model)) == peft_targets and "score" not in peft_targets
+    save_adapter(model, tmp_path, task_type="SEQ_CLS")
+    PeftModel.from_pretrained(tiny_reward_model(), tmp_path)  # loads: no adapter on the head it cannot find
+
+
+def test_adapter_whose_targets_only_partly_exist_loads_as_in_peft(tmp_path):
+    theirs = get_peft_model(tiny_gpt(), LoraConfig(r=2, target_modules=["c_attn", "q_proj"], init_lora_weights=False))
+    theirs.save_pretrained(tmp_path)
+    ours = load_adapter(tiny_gpt(), tmp_path)
+    ids = torch.randint(0, 90, (2, 9))
+    with torch.no_grad():
+        assert max_diff(ours(ids).logits, theirs.eval()(ids).logits) < ATOL
+    with pytest.raises(ValueError, match=r"\['q_proj'\] not found"):
+        inject_lora(tiny_gpt(), target_modules=["c_attn", "q_proj"])  # asked for by hand, every target must exist
