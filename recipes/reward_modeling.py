@@ -19,7 +19,7 @@ from hf_llm.training.run import (
     TRAINING_KEYS, finish_run, begin_run, guarded, hyperparameters, recipe_main,
 )
 from hf_llm.training.setup import (
-    check_sequence_lengths, check_vocab_agreement, load_model, mark_run, resolve_tokenizer,
+    check_vocab_agreement, enforce_length_limit, load_model, mark_run, resolve_tokenizer,
 )
 
 DATACLASS_TYPES = (ModelArguments, DataArguments, LoraArguments, RunArguments, RewardConfig)
@@ -57,10 +57,10 @@ def main(model_args, data_args, lora_args, run_args, training_args):
     data = load_preference_data(data_args, seed=training_args.seed)
     model = load_model(model_args, "sequence-classification", tokenizer, num_labels=1, trust_remote_code=training_args.trust_remote_code)
     check_vocab_agreement(model, tokenizer)
-    for answer in ("chosen", "rejected"):
-        training_args.max_length = check_sequence_lengths(
-            data, tokenizer, model, training_args.max_length, data_args.too_long, fields=("prompt", answer)
-        )
+    data, training_args.max_length = enforce_length_limit(
+        data, tokenizer, model, training_args.max_length, data_args.too_long, [("prompt", "chosen"), ("prompt", "rejected")],
+        eos_appended_by_trainer=tokenizer.eos_token,
+    )
     model, peft_config = apply_lora(model, lora_args, task_type="SEQ_CLS")
 
     trainer = guarded(RewardTrainer)(

@@ -293,3 +293,62 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, recipe, extra, w
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+# --- rows longer than the context ---------------------------------------------------------------
+
+
+def _length_setup(limit):
+    from types import SimpleNamespace
+
+    from datasets import Dataset, DatasetDict
+
+    from hf_llm.tokenizers import load_tokenizer
+    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
+
+    tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
+    model = SimpleNamespace(config=SimpleNamespace(n_positions=limit))
+    return tokenizer, model, Dataset, DatasetDict
+
+
+def _n_tokens(tokenizer, text):
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_sft_too_long_drop_removes_rows_and_truncate_drops_only_rows_with_no_room_for_the_response():
+    from hf_llm.training.setup import enforce_length_limit
+
+    tokenizer, model, Dataset, DatasetDict = _length_setup(limit=24)
+    eos = tokenizer.eos_token
+    rows = {
+        "prompt": ["x = 1\n", "def f(a, b):\n    return a + b\n" * 3, "y = 2\n"],
+        "completion": ["print(x)" + eos, "f(1, 2)" + eos, "z = [y for y in range(100)] + [y * y for y in range(10)]" + eos],
+    }
+    data = DatasetDict(train=Dataset.from_dict(rows))
+    lengths = [_n_tokens(tokenizer, p + c) for p, c in zip(rows["prompt"], rows["completion"])]
+    assert lengths[0] <= 24 < min(lengths[1:]) and _n_tokens(tokenizer, rows["prompt"][1]) >= 24 > _n_tokens(tokenizer, rows["prompt"][2])
+
+    dropped, limit = enforce_length_limit(data, tokenizer, model, None, "drop", [("prompt", "completion")], truncatable_after="prompt")
+    assert limit == 24 and dropped["train"]["prompt"] == rows["prompt"][:1]
+    # Truncation keeps the start: row 1's prompt alone fills the limit, so nothing of its response would be learnt.
+    truncated, _ = enforce_length_limit(data, tokenizer, model, None, "truncate", [("prompt", "completion")], truncatable_after="prompt")
+    assert truncated["train"]["prompt"] == [rows["prompt"][0], rows["prompt"][2]]
+
+
+def test_reward_length_check_counts_the_eos_the_trainer_appends_and_drops_whole_pairs():
+    from hf_llm.training.setup import RecipeError, enforce_length_limit
+
+    tokenizer, model, Dataset, DatasetDict = _length_setup(limit=64)
+    prompt, short, long = "Which is better?\n", "yes", "no, " * 30
+    exact = prompt + "a" * 200
+    ids = tokenizer(exact, add_special_tokens=False)["input_ids"][:64]
+    exact_answer = tokenizer.decode(ids)[len(prompt):]  # prompt + this is exactly 64 tokens, 65 with EOS
+    assert _n_tokens(tokenizer, prompt + exact_answer) == 64
+    data = DatasetDict(train=Dataset.from_dict({"prompt": [prompt] * 3, "chosen": [short, exact_answer, short], "rejected": [short, short, long]}))
+    pair = [("prompt", "chosen"), ("prompt", "rejected")]
+    with pytest.raises(RecipeError, match=r"2 train rows .* rows \[1, 2\]"):
+        enforce_length_limit(data, tokenizer, model, None, "refuse", pair, eos_appended_by_trainer=tokenizer.eos_token)
+    kept, _ = enforce_length_limit(data, tokenizer, model, None, "drop", pair, eos_appended_by_trainer=tokenizer.eos_token)
+    assert kept["train"]["chosen"] == [short]
+    with pytest.raises(RecipeError, match="truncate is not available"):
+        enforce_length_limit(data, tokenizer, model, None, "truncate", pair, eos_appended_by_trainer=tokenizer.eos_token)

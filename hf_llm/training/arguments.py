@@ -70,7 +70,7 @@ class DataArguments:
     )
     too_long: str = field(
         default="truncate",
-        metadata={"help": "Rows longer than the model's context: 'truncate' or 'drop' (with a warning), or 'refuse' (an error naming the rows)."},
+        metadata={"help": "Rows longer than the model's context: 'truncate' (SFT: cut to the limit; rows whose prompt alone fills it are dropped) or 'drop' (with a warning), or 'refuse' (an error naming the rows). Reward modelling drops or refuses; it cannot truncate a pair."},
     )
 
 

@@ -251,27 +251,76 @@ def check_block_size(block_size: int, model) -> int:
     return block_size
 
 
-def check_sequence_lengths(data, tokenizer, model, max_length: int | None, too_long: str, fields) -> int:
-    """Rows longer than the model's context are truncated ('truncate') or dropped ('drop', as reward
-    modelling does with over-long pairs) with a warning, or refused ('refuse') with an error naming them.
+def enforce_length_limit(
+    data,
+    tokenizer,
+    model,
+    max_length: int | None,
+    too_long: str,
+    sequences,
+    *,
+    eos_appended_by_trainer: str | None = None,
+    truncatable_after: str | None = None,
+):
+    """Apply `too_long` to rows longer than the context, as the trainer will see them.
 
-    Returns the length limit the trainer must use: the smaller of `max_length` and n_positions.
+    `sequences` lists the fields the trainer joins into each token sequence of a row, e.g.
+    `[("prompt", "completion")]`, or `[("prompt", "chosen"), ("prompt", "rejected")]` for a pair; a row
+    is too long if any of its sequences is. `eos_appended_by_trainer` is an end-of-text string the
+    trainer appends to each sequence that lacks it (TRL's RewardTrainer), so it is counted here.
+    `truncatable_after` names the field the trainer's truncation (which keeps the start) must leave
+    room after, as SFT needs some of the completion to learn from; None means the trainer cannot
+    truncate (it drops), so 'truncate' is refused.
+
+    - 'refuse': a RecipeError naming the rows;
+    - 'drop': those rows are removed here, with a warning;
+    - 'truncate': the trainer cuts them to the limit, with a warning; rows whose `truncatable_after`
+      field alone fills the limit would have nothing left to learn from and are removed here.
+
+    Returns (data, the length limit the trainer must use: the smaller of max_length and n_positions).
     """
     if too_long not in ("truncate", "drop", "refuse"):
         raise RecipeError(f"--too_long must be 'truncate', 'drop' or 'refuse', got {too_long!r}.")
+    if too_long == "truncate" and truncatable_after is None:
+        raise RecipeError(
+            "--too_long truncate is not available here: the trainer does not truncate these rows (a pair cut "
+            "short would compare partial answers). Use --too_long drop or refuse."
+        )
     limit = min(max_length or model.config.n_positions, model.config.n_positions)
+
+    def length(texts):
+        if eos_appended_by_trainer:
+            texts = [t if t.endswith(eos_appended_by_trainer) else t + eos_appended_by_trainer for t in texts]
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    result = {}
     for split, ds in data.items():
-        texts = ["".join(row[f] for f in fields) for row in ds]
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        long_rows = [i for i, n in enumerate(lengths) if n > limit]
+        longest = [0] * len(ds)
+        for fields in sequences:
+            lengths = length(["".join(row[f] for f in fields) for row in ds])
+            longest = [max(a, b) for a, b in zip(longest, lengths)]
+        long_rows = [i for i, n in enumerate(longest) if n > limit]
+        result[split] = ds
         if not long_rows:
             continue
         if too_long == "refuse":
             raise RecipeError(
                 f"{len(long_rows)} {split} rows are longer than {limit} tokens (the limit: max_length / the model's "
-                f"n_positions={model.config.n_positions}), e.g. rows {long_rows[:5]} with {[lengths[i] for i in long_rows[:5]]} "
-                f"tokens. Shorten them, or pass --too_long truncate (or drop)."
+                f"n_positions={model.config.n_positions}), e.g. rows {long_rows[:5]} with {[longest[i] for i in long_rows[:5]]} "
+                f"tokens. Shorten them, or pass --too_long {'truncate (or drop)' if truncatable_after else 'drop'}."
             )
-        action = "dropped" if too_long == "drop" else "truncated"
-        logger.warning("%d of %d %s rows exceed %d tokens and will be %s.", len(long_rows), len(ds), split, limit, action)
-    return limit
+        drop = set(long_rows) if too_long == "drop" else set()
+        if too_long == "truncate":
+            heads = length([ds[i][truncatable_after] for i in long_rows])
+            drop = {i for i, n in zip(long_rows, heads) if n >= limit}
+            if len(long_rows) > len(drop):
+                logger.warning(
+                    "%d of %d %s rows exceed %d tokens and will be truncated to it.", len(long_rows) - len(drop), len(ds), split, limit
+                )
+        if drop:
+            why = "" if too_long == "drop" else f" (their {truncatable_after} alone fills the limit)"
+            logger.warning("%d of %d %s rows exceed %d tokens and are dropped%s.", len(drop), len(ds), split, limit, why)
+            result[split] = ds.select([i for i in range(len(ds)) if i not in drop])
+            if len(result[split]) == 0:
+                raise RecipeError(f"Every {split} row is longer than {limit} tokens: raise --max_length or use shorter data.")
+    return type(data)(result), limit
