@@ -11,6 +11,7 @@ higher. Held-out accuracy is the share of pairs where it does.
 from trl import RewardConfig, RewardTrainer
 
 from hf_llm.training.arguments import DataArguments, LoraArguments, ModelArguments, RunArguments
+from hf_llm.training.callbacks import ExactPairMetricsMixin
 from hf_llm.training.datasets import load_preference_data
 from hf_llm.training.defaults import DEFAULT_BASE_MODEL, bf16_available, cpu_only
 from hf_llm.training.outputs import how_to_load
@@ -63,7 +64,7 @@ def main(model_args, data_args, lora_args, run_args, training_args):
     )
     model, peft_config = apply_lora(model, lora_args, task_type="SEQ_CLS")
 
-    trainer = guarded(RewardTrainer)(
+    trainer = guarded(RewardTrainer, ExactPairMetricsMixin)(
         model=model,
         args=training_args,
         train_dataset=data["train"],

@@ -321,3 +321,34 @@ def test_card_snippets_name_no_local_path_and_fit_the_kind_of_output(tmp_path):
     assert "AutoModelForSequenceClassification.from_pretrained(\"me/rm\"" in full and "peft" not in full
     for code in (hub, elsewhere, full):
         compile(code, "card", "exec")
+
+
+def test_reward_eval_accuracy_and_margin_count_pairs_not_batches(tmp_path):
+    """5 pairs at eval batch 4: TRL averages the two batches' accuracies; the recipe's trainer counts pairs."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from hf_llm.training.arguments import ModelArguments
+    from hf_llm.training.callbacks import ExactPairMetricsMixin
+    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
+    from hf_llm.training.run import guarded
+    from hf_llm.training.setup import load_model, resolve_tokenizer
+
+    model_args = ModelArguments(model_name_or_path=DEFAULT_BASE_MODEL)
+    tokenizer = resolve_tokenizer(model_args)
+    torch.manual_seed(0)
+    model = load_model(model_args, "sequence-classification", tokenizer, num_labels=1)
+    pairs = Dataset.from_dict({"prompt": [f"Q{i}: " for i in range(5)], "chosen": [f"good {i}" for i in range(5)],
+                               "rejected": [f"bad answer {i}" for i in range(5)]})
+    args = RewardConfig(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none", use_cpu=True, max_length=64)
+    trainer = guarded(RewardTrainer, ExactPairMetricsMixin)(model=model, args=args, train_dataset=pairs, eval_dataset=pairs, processing_class=tokenizer)
+    metrics = trainer.evaluate()
+    model.eval()
+    with torch.no_grad():
+        def score(text):
+            return model(**tokenizer(text + tokenizer.eos_token, return_tensors="pt")).logits.item()
+
+        margins = [score(r["prompt"] + r["chosen"]) - score(r["prompt"] + r["rejected"]) for r in pairs]
+    assert 0 < sum(m > 0 for m in margins) < 5  # a mix, so that the per-batch mean could differ
+    assert metrics["eval_accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 5)
+    assert metrics["eval_margin"] == pytest.approx(sum(margins) / 5, abs=1e-4)

@@ -34,6 +34,33 @@ class LossGuardMixin:
         return result
 
 
+class ExactPairMetricsMixin:
+    """Mix into TRL's RewardTrainer: log accuracy and margin over all pairs since the last log.
+
+    TRL logs the mean of its per-batch values, so a short last batch weighs as much as a full one
+    (5 pairs at batch 4 scored 2/4 and 1/1 give 0.75, not 0.6). Here pairs are counted.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        with torch.no_grad():
+            chosen, rejected = torch.chunk(outputs.logits.detach().float().squeeze(-1), chunks=2)
+            counts = torch.stack([(chosen > rejected).sum().float(), torch.tensor(float(chosen.numel()), device=chosen.device), (chosen - rejected).sum()])
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        mode = "train" if model.training else "eval"
+        totals = self.__dict__.setdefault("_pair_totals", {})
+        totals[mode] = totals[mode] + counts.cpu() if mode in totals else counts.cpu()
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, start_time=None):
+        mode = "train" if self.model.training else "eval"
+        totals = self.__dict__.get("_pair_totals", {}).pop(mode, None)
+        if totals is not None and totals[1] > 0:
+            self._metrics[mode]["accuracy"] = [(totals[0] / totals[1]).item()]
+            self._metrics[mode]["margin"] = [(totals[2] / totals[1]).item()]
+        super().log(logs, start_time)
+
+
 def _last_checkpoint(output_dir) -> str | None:
     folders = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
     return str(folders[-1]) if folders else None

@@ -57,9 +57,9 @@ def begin_run(training_args, run_args, recipe: str):
     return resume, take_push_settings(training_args)
 
 
-def guarded(trainer_class):
-    """`trainer_class` with the non-finite-loss guard mixed in."""
-    return type(f"Guarded{trainer_class.__name__}", (LossGuardMixin, trainer_class), {})
+def guarded(trainer_class, *mixins):
+    """`trainer_class` with the non-finite-loss guard (and any further `mixins`) mixed in."""
+    return type(f"Guarded{trainer_class.__name__}", (LossGuardMixin, *mixins, trainer_class), {})
 
 
 GuardedTrainer = guarded(Trainer)
