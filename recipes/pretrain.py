@@ -55,7 +55,12 @@ def main(model_args, data_args, pretrain_args, run_args, trust_args, training_ar
 
     # Everything that can fail on bad input runs before the output folder is touched.
     corpus = load_text_corpus(data_args, seed=training_args.seed)
-    tokenizer = resolve_tokenizer(model_args, corpus["train"]["text"], bpe_vocab_size=pretrain_args.bpe_vocab_size)
+    # A character vocabulary must cover the held-out text too, or evaluation meets unknown characters
+    # (the tutorials build it from the whole text); byte-level BPE covers any text, so it learns from training text only.
+    vocab_texts = list(corpus["train"]["text"])
+    if model_args.tokenizer_name_or_path == "char":
+        vocab_texts += list(corpus["test"]["text"])
+    tokenizer = resolve_tokenizer(model_args, vocab_texts, bpe_vocab_size=pretrain_args.bpe_vocab_size)
     model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=trust_args.trust_remote_code)
     check_vocab_agreement(model, tokenizer)
     block_size = check_block_size(pretrain_args.block_size, model)

@@ -108,6 +108,28 @@ def test_pretrain_char_level_tokenizer(tmp_path, shared_data):
     assert "<|endoftext|>" in vocab and len(vocab) < 80
 
 
+def test_char_vocabulary_covers_characters_only_the_held_out_text_has(tmp_path):
+    text = "the cat sat on the mat. " * 400 + "QXZ!"  # the last characters land in the evaluation split only
+    (tmp_path / "text.txt").write_text(text)
+    out = tmp_path / "char"
+    run_recipe("pretrain", "--output_dir", str(out), "--tokenizer_name_or_path", "char", "--dataset_name", str(tmp_path / "text.txt"),
+               "--n_layer", "1", "--n_embd", "16", "--n_positions", "32", "--block_size", "32", "--max_steps", "2",
+               "--sample_prompts", "the ", *FAST)
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert {"Q", "X", "Z", "!"} <= set(vocab)
+    assert "eval_loss" in outputs(out)["metrics"]
+
+
+def test_sample_prompt_the_tokenizer_cannot_encode_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "text.txt").write_text("the cat sat on the mat. " * 400)
+    with pytest.raises(SystemExit) as err:
+        run_recipe("pretrain", "--output_dir", str(tmp_path / "out"), "--tokenizer_name_or_path", "char",
+                   "--dataset_name", str(tmp_path / "text.txt"), "--n_layer", "1", "--n_embd", "16", "--n_positions", "32",
+                   "--block_size", "32", "--max_steps", "2", *FAST)  # the default sample prompt, "def ", has a 'd'
+    assert err.value.code == 2 and "--sample_prompts 'def '" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_pretrain_verdict_config_runs(tmp_path, shared_data):
     """The book's Verdict set-up (124M, GPT-2 tokenizer, context 256) for a few steps."""
     out = tmp_path / "verdict"

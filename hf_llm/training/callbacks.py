@@ -70,8 +70,15 @@ class SampleGenerationCallback(TrainerCallback):
     """Generate from fixed prompts at each evaluation, print the samples and append them to samples.jsonl."""
 
     def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 64, do_sample: bool = False):
+        from .setup import RecipeError
+
         self.tokenizer = tokenizer
         self.prompts = list(prompts)
+        for prompt in self.prompts:  # fail now, not at the first evaluation mid-run
+            try:
+                tokenizer(prompt)
+            except ValueError as err:
+                raise RecipeError(f"--sample_prompts {prompt!r} cannot be tokenized: {err} Pass prompts written with the corpus's characters.") from None
         self.max_new_tokens = max_new_tokens
         self.do_sample = do_sample
 
