@@ -4,17 +4,19 @@
     echo "Once upon a time" | python recipes/generate.py --model_name_or_path openai-community/gpt2
     python recipes/generate.py --config recipes/configs/generate_gpt2.yaml
     python recipes/generate.py --model_name_or_path outputs/sft_lora --do_sample --top_k 40 --temperature 0.8
+    python recipes/generate.py --model_name_or_path outputs/sft_lora --instruction "Name a prime number."
 
 Decoding flags are transformers' GenerationConfig ones (greedy by default; --num_beams, --do_sample,
 --top_k, --top_p, --temperature, --no_repeat_ngram_size, --max_new_tokens). A single sequence is
-streamed to the terminal as it is generated.
+streamed to the terminal as it is generated. --instruction (with --input and --prompt_template) builds
+the prompt exactly as recipes/sft_lora.py trains, so an adapter is prompted the way it learnt.
 """
 
 import sys
 
 from hf_llm.training.arguments import GenerateArguments, ModelArguments, TrustArguments
 from hf_llm.training.defaults import DEFAULT_BASE_MODEL
-from hf_llm.training.generation import generate_text, load_for_generation, read_prompt
+from hf_llm.training.generation import generate_text, load_for_generation, resolve_prompt
 from hf_llm.training.run import recipe_main
 
 DATACLASS_TYPES = (ModelArguments, GenerateArguments, TrustArguments)
@@ -24,7 +26,7 @@ DEFAULTS = dict(model_name_or_path=DEFAULT_BASE_MODEL)
 
 def main(model_args, gen_args, trust_args):
     model, tokenizer = load_for_generation(model_args, gen_args, trust_remote_code=trust_args.trust_remote_code)
-    prompt = read_prompt(gen_args.prompt, default="def ")
+    prompt = resolve_prompt(gen_args, default="def ")
     texts = generate_text(model, tokenizer, prompt, gen_args)
     if not (gen_args.stream and len(texts) == 1):
         for i, text in enumerate(texts):

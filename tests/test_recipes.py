@@ -255,6 +255,24 @@ def test_generate_default_and_from_stdin(capsys, monkeypatch):
     assert capsys.readouterr().out.startswith("import os")
 
 
+def test_generate_prompts_an_adapter_as_sft_trains_it(capsys, monkeypatch):
+    """--instruction gives the SFT template's prompt, and a piped prompt keeps its own final newline."""
+    import io
+
+    from hf_llm.data import format_prompt
+    from hf_llm.training import generation
+
+    seen = []
+    monkeypatch.setattr(generation, "generate_text", lambda model, tokenizer, prompt, gen_args: seen.append(prompt) or [prompt])
+    run_recipe("generate", "--instruction", "Add 1 and 2.", "--input", "numbers")
+    expected = format_prompt("Add 1 and 2.", "numbers")
+    assert seen[-1] == expected and expected.endswith("### Response:\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(expected + "\n"))  # as `echo "$PROMPT" |` sends it
+    run_recipe("generate", "--prompt", "-")
+    assert seen[-1] == expected
+    capsys.readouterr()
+
+
 def test_generate_from_adapter_folder(tmp_path, shared_data, capsys):
     out = tmp_path / "sft_for_generate"
     run_recipe("sft_lora", "--output_dir", str(out), "--max_steps", "2", "--max_eval_samples", "4", "--sample_max_new_tokens", "2", *FAST)

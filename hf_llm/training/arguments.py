@@ -119,7 +119,20 @@ class PretrainArguments:
 class GenerateArguments:
     """Prompt and decoding settings of recipes/generate.py (plus any transformers GenerationConfig field)."""
 
-    prompt: str | None = field(default=None, metadata={"help": "Prompt text; '-' or unset reads standard input."})
+    prompt: str | None = field(
+        default=None,
+        metadata={"help": "Prompt text, used as given; '-' or unset reads standard input (less one final newline, "
+                  "the one `echo` adds)."},
+    )
+    instruction: str | None = field(
+        default=None,
+        metadata={"help": "Instead of --prompt: an instruction, formatted as sft_lora.py trains (--prompt_template, "
+                  "with --input), so the prompt ends where the response starts."},
+    )
+    input: str = field(default="", metadata={"help": "The instruction's input, with --instruction."})
+    prompt_template: str | None = field(
+        default=None, metadata={"help": "With --instruction: the template the adapter was trained with; default: Alpaca's."}
+    )
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate."})
     max_length: int | None = field(default=None, metadata={"help": "Total length limit (prompt + new), instead of max_new_tokens."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy/beam decoding."})

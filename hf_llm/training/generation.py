@@ -79,12 +79,27 @@ def cache_settings(gen_args, device: torch.device) -> dict:
     return {"cache_implementation": cache, "disable_compile": True}
 
 
+def resolve_prompt(gen_args, default: str) -> str:
+    """The prompt to continue: `--instruction` formatted as the SFT recipe trains, else `read_prompt`."""
+    if gen_args.instruction is None:
+        return read_prompt(gen_args.prompt, default)
+    if gen_args.prompt is not None:
+        raise RecipeError("Pass --prompt (the text as it is) or --instruction (formatted with the template), not both.")
+    from ..data import format_prompt
+
+    return format_prompt(gen_args.instruction, gen_args.input, gen_args.prompt_template)
+
+
 def read_prompt(prompt: str | None, default: str) -> str:
-    """The prompt flag; '-' or no flag with piped input reads standard input; else `default`."""
+    """The prompt flag; '-' or no flag with piped input reads standard input; else `default`.
+
+    From standard input only one final newline is dropped (the one `echo` adds): a prompt that
+    ends in a newline, as the SFT template's does, keeps the rest.
+    """
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
         text = sys.stdin.read()
         if text.strip():
-            return text.rstrip("\n")
+            return text.removesuffix("\n").removesuffix("\r")
         if prompt == "-":
             raise RecipeError("--prompt - reads the prompt from standard input, but it was empty.")
     return default if prompt is None else prompt
