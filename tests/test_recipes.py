@@ -392,3 +392,22 @@ def test_reward_eval_accuracy_and_margin_count_pairs_not_batches(tmp_path):
     assert 0 < sum(m > 0 for m in margins) < 5  # a mix, so that the per-batch mean could differ
     assert metrics["eval_accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 5)
     assert metrics["eval_margin"] == pytest.approx(sum(margins) / 5, abs=1e-4)
+
+
+def test_answers_to_a_prompt_longer_than_the_context_keep_its_end(tmp_path):
+    from hf_llm import GPTConfig, GPTForCausalLM
+    from hf_llm.tokenizers import load_tokenizer
+    from hf_llm.training.arguments import LoraArguments
+    from hf_llm.training.compare import compare_answers
+    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
+
+    tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
+    model = GPTForCausalLM(GPTConfig(n_embd=16, n_layer=1, n_head=2, n_positions=32, vocab_size=len(tokenizer)))
+    prompt = "x = 1\n" * 40 + "### Response:\n"
+    ids = tokenizer(prompt)["input_ids"]
+    assert len(ids) > 32
+    seen = []
+    model.generate = lambda input_ids, **kwargs: seen.append(input_ids) or input_ids
+    compare_answers(model, tokenizer, [prompt], LoraArguments(use_lora=False), tmp_path, max_new_tokens=4)
+    assert seen[0][0].tolist() == ids[-31:]
+    assert json.loads((tmp_path / "answers.jsonl").read_text())["prompt"] == prompt

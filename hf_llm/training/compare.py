@@ -15,7 +15,8 @@ def compare_answers(model, tokenizer, prompts, lora_args, output_dir, max_new_to
     limit = model.config.n_positions
     rows = []
     for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt", truncation=True, max_length=limit - 1).input_ids.to(device)
+        # A prompt longer than the context loses its start, not its end: the end is where the answer begins.
+        ids = tokenizer(prompt, return_tensors="pt").input_ids[:, -(limit - 1) :].to(device)
         new = max(1, min(max_new_tokens, limit - ids.shape[1]))
 
         def answer():
