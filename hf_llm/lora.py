@@ -731,8 +731,8 @@ _UNSUPPORTED_SETTINGS = {
     "monteclora_config": None,
     "kasa_config": None,
 }
-# Initialisations that also change the base weight (PEFT redoes them when it loads the adapter).
-_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga", "eva", "mica")
+# Initialisations that change the base weight (PEFT redoes them when it loads the adapter), and MiCA, a variant.
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga", "mica")
 
 
 def _is_off(value, off) -> bool:

@@ -515,3 +515,13 @@ def test_adapter_whose_targets_only_partly_exist_loads_as_in_peft(tmp_path):
         assert max_diff(ours(ids).logits, theirs.eval()(ids).logits) < ATOL
     with pytest.raises(ValueError, match=r"\['q_proj'\] not found"):
         inject_lora(tiny_gpt(), target_modules=["c_attn", "q_proj"])  # asked for by hand, every target must exist
+
+
+def test_adapter_initialised_with_eva_loads_as_plain_lora(tmp_path):
+    """EVA only initialises A and B (the base weight is untouched), so the saved adapter is plain LoRA."""
+    from hf_llm.lora import read_adapter_config
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "init_lora_weights": "eva"}
+    ))
+    assert read_adapter_config(tmp_path)["init_lora_weights"] == "eva"

@@ -380,3 +380,22 @@ def test_gpt_linear_uses_the_recorded_choice(monkeypatch):
     layer.few_rows_product = "fast"
     with pytest.raises(ValueError, match="few_rows_product must be 'plain', 'transposed' or None"):
         layer(x)
+
+
+def test_tied_head_gradient_handover_survives_the_input_require_grads_hook():
+    """Gradient checkpointing and PEFT call enable_input_require_grads, which hooks the token embedding
+    only to mark its output as requiring grad: the handover stays on; any other hook turns it off."""
+    model = GPTForCausalLM(tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train()
+    assert model._can_hand_over_head_gradient()
+    model.gradient_checkpointing_enable()
+    assert model.transformer.wte._forward_hooks and model._can_hand_over_head_gradient()
+    ids = torch.randint(0, 100, (2, 12))
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    with_handover = model.transformer.wte.weight.grad.clone()
+    model.zero_grad()
+    handle = model.transformer.wte.register_forward_hook(lambda module, args, output: output)
+    assert not model._can_hand_over_head_gradient()
+    model(ids, labels=ids).loss.backward()
+    handle.remove()
+    assert max_diff(model.transformer.wte.weight.grad, with_handover) < 1e-6

@@ -544,11 +544,17 @@ def chunked_causal_lm_loss(
 # --------------------------------------------------------------------------------------------------
 
 
+def _marks_output_as_requiring_grad(hook) -> bool:
+    # transformers' enable_input_require_grads (called by gradient checkpointing and PEFT) hooks the
+    # input embedding only to set requires_grad on its output, which a trained weight's output has anyway.
+    return getattr(hook, "__name__", "") == "make_inputs_require_grads" and hook.__module__.startswith("transformers.")
+
+
 def _runs_its_own_forward(module: nn.Module, classes: tuple[type, ...]) -> bool:
     """Whether `module` is exactly one of `classes`, with no hook or replaced forward that could change its output."""
     return (
         type(module) in classes
-        and not module._forward_hooks
+        and all(_marks_output_as_requiring_grad(hook) for hook in module._forward_hooks.values())
         and not module._forward_pre_hooks
         and "forward" not in vars(module)  # accelerate's hooks, among others, replace forward on the instance
         and not torch.nn.modules.module._global_forward_hooks
