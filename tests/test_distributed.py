@@ -1,10 +1,13 @@
 """Two-process DDP on the CPU (gloo) through `accelerate launch --multi_gpu`, as CPU-only users run it."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO_ROOT
 
@@ -52,3 +55,15 @@ def test_a_failing_rank_ends_the_launch_without_hanging(tmp_path):
     checkpoint = out / "checkpoint-2"
     assert (checkpoint / "trainer_state.json").is_file()
     GPTForCausalLM.from_pretrained(checkpoint)
+
+
+def test_reward_pair_metrics_count_each_pair_once_across_processes(tmp_path):
+    """5 pairs over 2 processes at batch 4: the last batch is padded with copies, which must not count."""
+    script = REPO_ROOT / "tests" / "reward_pairs_script.py"
+    result = launch([str(script), str(tmp_path / "two")])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    two = json.loads(result.stdout.split("METRICS ")[1].splitlines()[0])
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    one = json.loads(single.stdout.split("METRICS ")[1].splitlines()[0])
+    assert two["eval_accuracy"] == pytest.approx(one["eval_accuracy"]) and two["eval_margin"] == pytest.approx(one["eval_margin"], abs=1e-4)

@@ -198,6 +198,7 @@ def test_reward_modeling_embedded_default(tmp_path):
     metrics = outputs(out)["metrics"]
     assert "eval_accuracy" in metrics and 0.0 <= metrics["eval_accuracy"] <= 1.0
     assert "eval_perplexity" not in metrics  # a pairwise loss has none
+    assert 0.0 <= metrics["eval_initial_accuracy"] <= 1.0  # before training, under its own name
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 1 and config["modules_to_save"] == ["score"] or "score" in str(config["modules_to_save"])
     assert_adapter_card_loads_the_saved_adapter(out)
@@ -364,34 +365,22 @@ def test_card_snippets_name_no_local_path_and_fit_the_kind_of_output(tmp_path):
 
 
 def test_reward_eval_accuracy_and_margin_count_pairs_not_batches(tmp_path):
-    """5 pairs at eval batch 4: TRL averages the two batches' accuracies; the recipe's trainer counts pairs."""
-    from datasets import Dataset
-    from trl import RewardConfig, RewardTrainer
+    """5 pairs at eval batch 4: TRL averages the two batches' accuracies; the recipe's trainer counts pairs,
+    and names them with the evaluation's prefix."""
+    from reward_pairs_script import evaluate, pairs
 
-    from hf_llm.training.arguments import ModelArguments
-    from hf_llm.training.callbacks import ExactPairMetricsMixin
-    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
-    from hf_llm.training.run import guarded
-    from hf_llm.training.setup import load_model, resolve_tokenizer
-
-    model_args = ModelArguments(model_name_or_path=DEFAULT_BASE_MODEL)
-    tokenizer = resolve_tokenizer(model_args)
-    torch.manual_seed(0)
-    model = load_model(model_args, "sequence-classification", tokenizer, num_labels=1)
-    pairs = Dataset.from_dict({"prompt": [f"Q{i}: " for i in range(5)], "chosen": [f"good {i}" for i in range(5)],
-                               "rejected": [f"bad answer {i}" for i in range(5)]})
-    args = RewardConfig(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none", use_cpu=True, max_length=64)
-    trainer = guarded(RewardTrainer, ExactPairMetricsMixin)(model=model, args=args, train_dataset=pairs, eval_dataset=pairs, processing_class=tokenizer)
-    metrics = trainer.evaluate()
+    metrics, trainer, model = evaluate(str(tmp_path), metric_key_prefix="eval_initial")
+    tokenizer = trainer.processing_class
     model.eval()
     with torch.no_grad():
         def score(text):
             return model(**tokenizer(text + tokenizer.eos_token, return_tensors="pt")).logits.item()
 
-        margins = [score(r["prompt"] + r["chosen"]) - score(r["prompt"] + r["rejected"]) for r in pairs]
+        margins = [score(r["prompt"] + r["chosen"]) - score(r["prompt"] + r["rejected"]) for r in pairs()]
     assert 0 < sum(m > 0 for m in margins) < 5  # a mix, so that the per-batch mean could differ
-    assert metrics["eval_accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 5)
-    assert metrics["eval_margin"] == pytest.approx(sum(margins) / 5, abs=1e-4)
+    assert metrics["eval_initial_accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 5)
+    assert metrics["eval_initial_margin"] == pytest.approx(sum(margins) / 5, abs=1e-4)
+    assert "eval_accuracy" not in metrics
 
 
 def test_answers_to_a_prompt_longer_than_the_context_keep_its_end(tmp_path):

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,27 +38,36 @@ class ExactPairMetricsMixin:
     """Mix into TRL's RewardTrainer: log accuracy and margin over all pairs since the last log.
 
     TRL logs the mean of its per-batch values, so a short last batch weighs as much as a full one
-    (5 pairs at batch 4 scored 2/4 and 1/1 give 0.75, not 0.6). Here pairs are counted.
+    (5 pairs at batch 4 scored 2/4 and 1/1 give 0.75, not 0.6). Here pairs are counted, gathered
+    across processes without the copies that pad the last evaluation batch. TRL also names these
+    metrics `eval_*` whatever the evaluation's `metric_key_prefix`; here they take its prefix
+    (`evaluate(metric_key_prefix="eval_initial")` gives `eval_initial_accuracy`).
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         with torch.no_grad():
             chosen, rejected = torch.chunk(outputs.logits.detach().float().squeeze(-1), chunks=2)
-            counts = torch.stack([(chosen > rejected).sum().float(), torch.tensor(float(chosen.numel()), device=chosen.device), (chosen - rejected).sum()])
-            counts = self.accelerator.reduce(counts, reduction="sum")
+            margins = self.accelerator.gather_for_metrics(chosen - rejected).cpu()
         mode = "train" if model.training else "eval"
-        totals = self.__dict__.setdefault("_pair_totals", {})
-        totals[mode] = totals[mode] + counts.cpu() if mode in totals else counts.cpu()
+        totals = self.__dict__.setdefault("_pair_totals", {}).setdefault(mode, [0, 0, 0.0])
+        totals[0] += int((margins > 0).sum())
+        totals[1] += margins.numel()
+        totals[2] += float(margins.sum())
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, start_time=None):
         mode = "train" if self.model.training else "eval"
         totals = self.__dict__.get("_pair_totals", {}).pop(mode, None)
         if totals is not None and totals[1] > 0:
-            self._metrics[mode]["accuracy"] = [(totals[0] / totals[1]).item()]
-            self._metrics[mode]["margin"] = [(totals[2] / totals[1]).item()]
-        super().log(logs, start_time)
+            self._metrics[mode]["accuracy"] = [totals[0] / totals[1]]
+            self._metrics[mode]["margin"] = [totals[2] / totals[1]]
+        prefix = next((key.removesuffix("_loss") for key in logs if key.endswith("_loss")), "eval")
+        if mode == "eval" and prefix != "eval":
+            logs.update({f"{prefix}_{key}": sum(values) / len(values) for key, values in self._metrics[mode].items() if values})
+            self._metrics[mode].clear()
+            return Trainer.log(self, logs, start_time)  # TRL's log would add them again as eval_*
+        return super().log(logs, start_time)
 
 
 def _last_checkpoint(output_dir) -> str | None:
