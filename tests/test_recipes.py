@@ -358,6 +358,8 @@ def test_card_snippets_name_no_local_path_and_fit_the_kind_of_output(tmp_path):
     elsewhere = how_to_load("me/rm", str(local), task="reward", is_adapter=True)
     assert str(tmp_path) not in elsewhere and "path/to/my-base" in elsewhere and "num_labels=1" in elsewhere
     assert str(tmp_path) not in describe_base_model(str(local)) and "my-base" in describe_base_model(str(local))
+    full_lm = how_to_load("me/sft", "openai-community/gpt2", task="causal_lm", is_adapter=False)
+    assert 'AutoTokenizer.from_pretrained("me/sft", trust_remote_code=True)' in full_lm  # the folder's config is remote code
     full = how_to_load("me/rm", "openai-community/gpt2", task="reward", is_adapter=False)
     assert "AutoModelForSequenceClassification.from_pretrained(\"me/rm\"" in full and "peft" not in full
     for code in (hub, elsewhere, full):

@@ -52,8 +52,12 @@ def test_empty_data_file(tmp_path, capsys):
         ("pretrain", ["--stride", "-1", *TINY_PRETRAIN], ["--stride", "-1"]),
         ("pretrain", ["--stride", "0", *TINY_PRETRAIN], ["--stride", "0"]),
         ("pretrain", ["--block_size", "60000", "--n_positions", "60000", *TINY_PRETRAIN], ["fewer than one block", "--block_size"]),
+        ("pretrain", [*TINY_PRETRAIN, "--max_eval_samples", "0"], ["evaluation texts are empty", "--max_eval_samples"]),
+        ("sft_lora", ["--max_eval_samples", "0"], ["test split has no rows", "--max_eval_samples"]),
+        ("generate", ["--prompt", "def ", "--input", "x"], ["--input", "--instruction"]),
     ],
-    ids=["missing-model-folder", "generate-missing-model", "negative-stride", "zero-stride", "texts-shorter-than-a-block"],
+    ids=["missing-model-folder", "generate-missing-model", "negative-stride", "zero-stride", "texts-shorter-than-a-block",
+         "empty-eval-texts", "empty-eval-rows", "input-without-instruction"],
 )
 def test_bad_model_path_and_packing_settings_are_refused(tmp_path, capsys, recipe, args, words):
     output = [] if recipe == "generate" else ["--output_dir", str(tmp_path / "out")]

@@ -82,6 +82,8 @@ def cache_settings(gen_args, device: torch.device) -> dict:
 def resolve_prompt(gen_args, default: str) -> str:
     """The prompt to continue: `--instruction` formatted as the SFT recipe trains, else `read_prompt`."""
     if gen_args.instruction is None:
+        if gen_args.input or gen_args.prompt_template:
+            raise RecipeError("--input and --prompt_template shape an --instruction; pass --instruction too (or only --prompt).")
         return read_prompt(gen_args.prompt, default)
     if gen_args.prompt is not None:
         raise RecipeError("Pass --prompt (the text as it is) or --instruction (formatted with the template), not both.")

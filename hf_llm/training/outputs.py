@@ -114,7 +114,7 @@ def how_to_load(repo_id: str, base_model: str | None, *, task: str, is_adapter: 
     reward = task == "reward"
     auto = "AutoModelForSequenceClassification" if reward else "AutoModelForCausalLM"
     extra = ", num_labels=1" if reward else ""
-    tokenizer = "" if reward else f'\ntokenizer = AutoTokenizer.from_pretrained("{repo_id}")'
+    tokenizer = "" if reward else f'\ntokenizer = AutoTokenizer.from_pretrained("{repo_id}"{", trust_remote_code=True" if not is_adapter else ""})'
     tokenizer_import = "" if reward else "\nfrom transformers import AutoTokenizer"
     if not is_adapter:
         return (

@@ -32,6 +32,8 @@ def sliding_blocks(stream: list[int], block_size: int, stride: int | None = None
 
 def blocks_dataset(texts, tokenizer, block_size: int, stride: int | None = None, split_name: str = "train") -> Dataset:
     """A Dataset of `input_ids`/`labels` blocks built from `texts`; a clear error if the texts are too short."""
+    if len(texts) == 0:
+        raise RecipeError(f"The {split_name} texts are empty (is --max_train_samples / --max_eval_samples 0?). Give it some data.")
     stream = token_stream(texts, tokenizer, tokenizer.eos_token_id)
     blocks = sliding_blocks(stream, block_size, stride)
     if not blocks:

@@ -295,6 +295,8 @@ def enforce_length_limit(
 
     result = {}
     for split, ds in data.items():
+        if len(ds) == 0:
+            raise RecipeError(f"The {split} split has no rows (is --max_train_samples / --max_eval_samples 0?). Give it some data.")
         longest = [0] * len(ds)
         for fields in sequences:
             lengths = length(["".join(row[f] for f in fields) for row in ds])
