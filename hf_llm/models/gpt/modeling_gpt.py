@@ -304,6 +304,8 @@ CONV1D_WEIGHT_NAMES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.wei
 # model saved in training with its adapters injected keeps every base weight in GPT-2's layout too.
 _WRAPPED_CONV1D_WEIGHT_NAMES = tuple(name.replace(".weight", ".base_layer.weight") for name in CONV1D_WEIGHT_NAMES)
 _LAYOUT_WEIGHT_NAMES = CONV1D_WEIGHT_NAMES + _WRAPPED_CONV1D_WEIGHT_NAMES
+# c_attn's weight, bare or wrapped: its shape tells which layout a checkpoint uses.
+_C_ATTN_WEIGHT_NAMES = (CONV1D_WEIGHT_NAMES[0], _WRAPPED_CONV1D_WEIGHT_NAMES[0])
 
 
 def _conv1d_layout_converters() -> list[WeightConverter]:
@@ -318,7 +320,7 @@ def _conv1d_layout_converters() -> list[WeightConverter]:
 def _transpose_conv1d_layout_hook(module, state_dict, prefix, *args, **kwargs):
     # c_attn is (3 * n_embd, n_embd) as nn.Linear and (n_embd, 3 * n_embd) in GPT-2's layout: never
     # square, so its shape tells which layout the whole block was saved in.
-    c_attn = state_dict.get(prefix + "attn.c_attn.weight", state_dict.get(prefix + "attn.c_attn.base_layer.weight"))
+    c_attn = next((state_dict[prefix + name] for name in _C_ATTN_WEIGHT_NAMES if prefix + name in state_dict), None)
     if c_attn is None or tuple(c_attn.shape) == tuple(module.attn.c_attn.weight.shape):
         return
     for name in _LAYOUT_WEIGHT_NAMES:
@@ -331,7 +333,7 @@ def _checkpoint_uses_conv1d_layout(state_dict, checkpoint_files) -> bool:
     shape = None
     if state_dict is not None:
         for key, tensor in state_dict.items():
-            if key.endswith(("attn.c_attn.weight", "attn.c_attn.base_layer.weight")):
+            if key.endswith(_C_ATTN_WEIGHT_NAMES):
                 shape = tuple(tensor.shape)
                 break
     for file in checkpoint_files or []:
@@ -341,12 +343,12 @@ def _checkpoint_uses_conv1d_layout(state_dict, checkpoint_files) -> bool:
             from safetensors import safe_open
 
             with safe_open(file, framework="pt") as handle:
-                key = next((k for k in handle.keys() if k.endswith(("attn.c_attn.weight", "attn.c_attn.base_layer.weight"))), None)
+                key = next((k for k in handle.keys() if k.endswith(_C_ATTN_WEIGHT_NAMES)), None)
                 if key is not None:
                     shape = tuple(handle.get_slice(key).get_shape())
         else:
             tensors = torch.load(file, map_location="meta", weights_only=True, mmap=True)
-            key = next((k for k in tensors if k.endswith(("attn.c_attn.weight", "attn.c_attn.base_layer.weight"))), None)
+            key = next((k for k in tensors if k.endswith(_C_ATTN_WEIGHT_NAMES)), None)
             if key is not None:
                 shape = tuple(tensors[key].shape)
     return shape is not None and shape[1] == 3 * shape[0]
