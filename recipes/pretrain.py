@@ -24,6 +24,7 @@ from hf_llm.training.setup import (
     check_block_size, check_vocab_agreement, load_model, mark_run, resolve_tokenizer,
 )
 
+RECIPE = "pretrain"  # the name this recipe's runs are recorded under in their output_dir
 DATACLASS_TYPES = (ModelArguments, DataArguments, PretrainArguments, RunArguments, TrustArguments, TrainingArguments)
 
 DEFAULTS = dict(
@@ -51,7 +52,7 @@ DEFAULTS = dict(
 
 
 def main(model_args, data_args, pretrain_args, run_args, trust_args, training_args):
-    resume, push = begin_run(training_args, run_args, "pretrain")
+    resume, push = begin_run(training_args, run_args, RECIPE)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     corpus = load_text_corpus(data_args, seed=training_args.seed)
@@ -80,13 +81,13 @@ def main(model_args, data_args, pretrain_args, run_args, trust_args, training_ar
         callbacks=callbacks,
     )
     if trainer.is_world_process_zero():
-        mark_run(training_args.output_dir, "pretrain", completed=False)
+        mark_run(training_args.output_dir, RECIPE, completed=False)
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {**train_result.metrics, **trainer.evaluate(), "train_blocks": len(train_dataset), "eval_blocks": len(eval_dataset)}
 
     finish_run(
         trainer,
-        recipe="pretrain",
+        recipe=RECIPE,
         output_dir=training_args.output_dir,
         push=push,
         metrics=metrics,

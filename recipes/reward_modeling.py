@@ -23,6 +23,7 @@ from hf_llm.training.setup import (
     check_vocab_agreement, enforce_length_limit, load_model, mark_run, resolve_tokenizer,
 )
 
+RECIPE = "reward_modeling"  # the name this recipe's runs are recorded under in their output_dir
 DATACLASS_TYPES = (ModelArguments, DataArguments, LoraArguments, RunArguments, RewardConfig)
 
 DEFAULTS = dict(
@@ -51,7 +52,7 @@ DEFAULTS = dict(
 
 
 def main(model_args, data_args, lora_args, run_args, training_args):
-    resume, push = begin_run(training_args, run_args, "reward_modeling")
+    resume, push = begin_run(training_args, run_args, RECIPE)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     tokenizer = resolve_tokenizer(model_args)
@@ -73,7 +74,7 @@ def main(model_args, data_args, lora_args, run_args, training_args):
         peft_config=peft_config,
     )
     if trainer.is_world_process_zero():
-        mark_run(training_args.output_dir, "reward_modeling", completed=False)
+        mark_run(training_args.output_dir, RECIPE, completed=False)
     before = trainer.evaluate(metric_key_prefix="eval_initial")
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {**train_result.metrics, **trainer.evaluate()}
@@ -81,7 +82,7 @@ def main(model_args, data_args, lora_args, run_args, training_args):
 
     finish_run(
         trainer,
-        recipe="reward_modeling",
+        recipe=RECIPE,
         output_dir=training_args.output_dir,
         push=push,
         metrics=metrics,

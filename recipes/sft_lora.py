@@ -24,6 +24,7 @@ from hf_llm.training.setup import (
     check_vocab_agreement, enforce_length_limit, load_model, mark_run, resolve_tokenizer,
 )
 
+RECIPE = "sft_lora"  # the name this recipe's runs are recorded under in their output_dir
 DATACLASS_TYPES = (ModelArguments, DataArguments, LoraArguments, RunArguments, SFTConfig)
 
 DEFAULTS = dict(
@@ -55,7 +56,7 @@ DEFAULTS = dict(
 
 
 def main(model_args, data_args, lora_args, run_args, training_args):
-    resume, push = begin_run(training_args, run_args, "sft_lora")
+    resume, push = begin_run(training_args, run_args, RECIPE)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     tokenizer = resolve_tokenizer(model_args)
@@ -77,7 +78,7 @@ def main(model_args, data_args, lora_args, run_args, training_args):
         peft_config=peft_config,
     )
     if trainer.is_world_process_zero():
-        mark_run(training_args.output_dir, "sft_lora", completed=False)
+        mark_run(training_args.output_dir, RECIPE, completed=False)
     train_result = trainer.train(resume_from_checkpoint=resume)
 
     metrics = {**train_result.metrics, **trainer.evaluate()}
@@ -92,7 +93,7 @@ def main(model_args, data_args, lora_args, run_args, training_args):
 
     finish_run(
         trainer,
-        recipe="sft_lora",
+        recipe=RECIPE,
         output_dir=training_args.output_dir,
         push=push,
         metrics={k: v for k, v in metrics.items() if k != "answers"},
