@@ -36,3 +36,7 @@ if __name__ == "__main__":
     metrics, trainer, _ = evaluate(sys.argv[1])
     if trainer.is_world_process_zero():
         print("METRICS " + json.dumps(metrics))
+    if torch.distributed.is_initialized():
+        # Tear the process group down before exit: left to interpreter shutdown, gloo can abort a rank.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
