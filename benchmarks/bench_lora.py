@@ -54,6 +54,8 @@ def load_lora_model(name, folder, args, device):
     from peft import LoraConfig, get_peft_model
 
     model = common.load_model(name, "causal_lm", folder, args, device)
+    if name != common.STOCK:
+        model.use_chunked_lm_loss()  # hf_llm's chunked loss in training mode
     config = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=args.targets,
                         task_type="CAUSAL_LM", fan_in_fan_out=(name == common.STOCK))
     torch.manual_seed(args.seed + 7)  # same LoRA initialisation for every contender
@@ -70,12 +72,15 @@ def make_step(model, ids, args):
 
 
 def check_equal(models, ids) -> dict:
-    """Eval mode (no dropout): loss and the gradient of layer 0's LoRA B matrix, against stock+PEFT."""
+    """Without dropout: loss and the gradient of layer 0's LoRA B matrix, against stock+PEFT."""
     results = {}
     for name, model in models.items():
-        model.eval()
-        kwargs = {} if name == common.STOCK else {"return_logits": False}  # hf_llm's chunked loss path
-        loss = model(input_ids=ids, labels=ids, **kwargs).loss
+        # Training mode (where ours' chunked loss runs) with dropout off, so both compute the same.
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model.train()
+        loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         grad = next(p.grad for n, p in model.named_parameters() if "h.0." in n and "lora_B" in n).detach().clone()
         model.zero_grad(set_to_none=True)
@@ -109,11 +114,12 @@ def main(argv=None) -> None:
         models = {name: load_lora_model(name, folder, args, device) for name in names}
         ids = make_batch(args, device)
         check = {} if args.no_check else check_equal(models, ids)
+        models = {name: load_lora_model(name, folder, args, device) for name in names}  # dropout back on
         n_flop = common.flop_params(models[common.STOCK], "causal_lm")
         trainable = {name: sum(p.numel() for p in m.parameters() if p.requires_grad) for name, m in models.items()}
         child_argv = common.passthrough_argv(argv, ["--checkpoint", folder])
         times = common.time_training_steps(
-            args, models, lambda model: make_step(model, ids, args), os.path.abspath(__file__), child_argv,
+            args, models, lambda model, name: make_step(model, ids, args), os.path.abspath(__file__), child_argv,
             device, args.warmup, args.repeats,
         )
         memory = {}

@@ -116,7 +116,7 @@ def main(argv=None) -> None:
         n_flop = common.flop_params(models[common.STOCK], "seq_cls")
         child_argv = common.passthrough_argv(argv, ["--checkpoint", folder])
         times = common.time_training_steps(
-            args, models, lambda model: make_step(model, batch, args), os.path.abspath(__file__), child_argv,
+            args, models, lambda model, name: make_step(model, batch, args), os.path.abspath(__file__), child_argv,
             device, args.warmup, args.repeats,
         )
         memory = {}

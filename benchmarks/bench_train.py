@@ -3,8 +3,13 @@
 One step = forward with labels (causal-LM loss) + backward + AdamW step + zero_grad(set_to_none); AdamW
 is the fused kernel that transformers' Trainer uses by default (`--optimizer for-loop` for torch's CPU default).
 Both models are loaded from one saved stock checkpoint (identical weights) and see the same token
-batch; both are in training mode, so hf_llm computes its loss with the chunked linear+cross-entropy
-(no full-vocabulary logits) while stock materialises the logits and uses its ForCausalLMLoss.
+batch; both are in training mode. Stock materialises the logits and uses transformers' ForCausalLMLoss;
+ours computes its loss as `--lm-loss` says (for ours only; stock is always the plain reference):
+  chunked         hf_llm's chunked linear+cross-entropy (`model.use_chunked_lm_loss()`, as the
+                  pretraining recipe trains), handing the tied head's gradient to the embedding (default)
+  chunked-no-tied the same without that gradient handover (what the handover earns)
+  plain           the full logits and transformers' loss, as stock (what the chunked loss earns)
+  trl-fused       TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`, which SFTTrainer applies)
 Dropout is GPT-2's default (0.1) unless --dropout says otherwise.
 
 Reported per architecture (medians over alternating rounds, see common.py):
@@ -52,11 +57,14 @@ def parse_args(argv=None):
     parser.add_argument("--dropout", type=float, default=None, help="resid/embd/attn dropout (default GPT-2's 0.1)")
     common.add_optimizer_arg(parser)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lm-loss", default="chunked", choices=LM_LOSSES, help="how ours computes its loss (see above)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)  # set for memory children
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     common.add_common_args(parser, warmup=None, repeats=None)
     return parser.parse_args(argv)
+
+LM_LOSSES = ("chunked", "chunked-no-tied", "plain", "trl-fused")
 
 
 def cases(args) -> list[tuple[str, dict]]:
@@ -85,17 +93,39 @@ def make_batch(spec, args, device):
     return ids.to(device)
 
 
-def make_step(model, ids, args):
-    return common.training_step(model, lambda: model(input_ids=ids, labels=ids).loss, args.lr, args.optimizer)
+def prepare_lm_loss(model, name, lm_loss):
+    """Switch ours to the LM-head loss `lm_loss` asks for; stock stays plain. Returns extra forward kwargs."""
+    if name == common.STOCK:
+        return {}
+    if lm_loss == "trl-fused":
+        from trl.trainer.utils import add_fused_lm_head
+
+        add_fused_lm_head(model)
+        return {"fused_lm_head": True}
+    model.use_chunked_lm_loss(lm_loss.startswith("chunked"))
+    if lm_loss == "chunked-no-tied":
+        import hf_llm.models.gpt.modeling_gpt as modeling
+
+        modeling.tied_head_gradient_for = lambda wte, lm_head: None
+    return {}
 
 
-def check_equal(models, ids) -> dict:
-    """Loss and LM-head gradient, eval mode (no dropout): hf_llm's chunked loss against stock's."""
+def make_step(model, ids, args, name):
+    kwargs = prepare_lm_loss(model, name, args.lm_loss)
+    return common.training_step(model, lambda: model(input_ids=ids, labels=ids, **kwargs).loss, args.lr, args.optimizer)
+
+
+def check_equal(models, ids, lm_loss) -> dict:
+    """Loss and LM-head gradient without dropout: ours' `lm_loss` path against stock's plain loss."""
     results = {}
     reference = None
     for name, model in models.items():
-        model.eval()
-        kwargs = {} if name == common.STOCK else {"return_logits": False}  # force the chunked loss path
+        kwargs = prepare_lm_loss(model, name, lm_loss)
+        # Training mode (the chunked loss runs only there) with dropout off, so both compute the same.
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model.train()
         loss = model(input_ids=ids, labels=ids, **kwargs).loss
         loss.backward()
         grad = model.get_input_embeddings().weight.grad.detach().float().clone()
@@ -121,7 +151,7 @@ def child(args) -> None:
 
     def factory(name):
         model = common.load_model(name, "causal_lm", args.checkpoint, args, device)
-        return make_step(model, make_batch(spec, args, device), args)
+        return make_step(model, make_batch(spec, args, device), args, name)
 
     common.child_main(args, factory, device, memory_warmup=2, timing_warmup=spec["warmup"])
 
@@ -129,7 +159,7 @@ def child(args) -> None:
 def child_argv(args, arch_name, spec, folder) -> list[str]:
     argv = ["--arch", arch_name, "--batch", str(spec["batch"]), "--seq-len", str(spec["seq_len"]),
             "--vocab-size", str(args.vocab_size), "--device", args.device, "--dtype", args.dtype,
-            "--attn", args.attn, "--seed", str(args.seed), "--lr", str(args.lr), "--optimizer", args.optimizer, "--checkpoint", folder]
+            "--attn", args.attn, "--seed", str(args.seed), "--lr", str(args.lr), "--optimizer", args.optimizer, "--lm-loss", args.lm_loss, "--checkpoint", folder]
     if arch_name == "custom":
         argv += ["--n-embd", str(args.n_embd), "--n-layer", str(args.n_layer), "--n-head", str(args.n_head)]
     if args.threads:
@@ -162,11 +192,12 @@ def main(argv=None) -> None:
             common.save_reference_checkpoint(config, "causal_lm", folder, args.seed)
             models = {name: common.load_model(name, "causal_lm", folder, args, device) for name in names}
             ids = make_batch(spec, args, device)
-            check = {} if args.no_check else check_equal(models, ids)
+            check = {} if args.no_check else check_equal(models, ids, args.lm_loss)
+            models = {name: common.load_model(name, "causal_lm", folder, args, device) for name in names}
             n_flop = common.flop_params(models[common.STOCK], "causal_lm")
             argv = child_argv(args, arch_name, spec, folder)
             times = common.time_training_steps(
-                args, models, lambda model: make_step(model, ids, args), os.path.abspath(__file__), argv,
+                args, models, lambda model, name: make_step(model, ids, args, name), os.path.abspath(__file__), argv,
                 device, spec["warmup"], spec["repeats"],
             )
             memory = {}
@@ -194,7 +225,7 @@ def main(argv=None) -> None:
             rows.append({"case": row["case"], "metric": "% of matmul peak",
                          "values": {n: 100 * v / peak for n, v in row["values"].items()}})
     rows.sort(key=lambda r: r["case"])  # keep each case's rows together
-    title = (f"Training step (fwd+bwd+AdamW [{args.optimizer}]), {device} {args.dtype}, attn={args.attn}, dropout="
+    title = (f"Training step (fwd+bwd+AdamW [{args.optimizer}]), ours' LM loss {args.lm_loss}, {device} {args.dtype}, attn={args.attn}, dropout="
              f"{args.dropout if args.dropout is not None else 0.1}; FLOPs = 6*N*tokens; "
              f"matmul peak {peak_before:.0f}/{peak_after:.0f} GFLOP/s (before/after)")
     common.print_table(title, rows, names)

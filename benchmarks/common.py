@@ -351,14 +351,14 @@ def training_step(
 
 
 def time_training_steps(
-    args, models: dict[str, Any], make_step: Callable[[Any], Callable[[], Any]], script: str,
+    args, models: dict[str, Any], make_step: Callable[[Any, str], Callable[[], Any]], script: str,
     child_argv: list[str], device: torch.device, warmup: int, repeats: int,
 ) -> dict[str, dict[str, list[float]]]:
     """Time one step per contender: in this process with --same-process, else one worker process
     each (`script child_argv --timing-child NAME`). Empties `models` first in either case, so the
     in-process copies are freed before the timed steps or the workers start."""
     names = list(models)
-    steps = {name: make_step(model) for name, model in models.items()} if args.same_process else None
+    steps = {name: make_step(model, name) for name, model in models.items()} if args.same_process else None
     models.clear()
     if steps is not None:
         return alternate(steps, device, warmup, repeats, settle=args.settle)

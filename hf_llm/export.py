@@ -59,9 +59,10 @@ def export_to_gpt2(model, output_dir, tokenizer=None, overwrite: bool = False) -
     try:
         with tempfile.TemporaryDirectory() as ours_dir:
             model.save_pretrained(ours_dir)
-            config = GPT2Config.from_dict(
-                {k: v for k, v in model.config.to_dict().items() if k not in ("auto_map", "architectures", "model_type")}
-            )
+            fields = {k: v for k, v in model.config.to_dict().items() if k not in ("auto_map", "architectures", "model_type")}
+            # llama.cpp's GGUF converter reads the context length as n_ctx, which transformers 5 writes
+            # only for configs that came with one (the Hub's GPT-2 files do; a model trained from scratch not).
+            config = GPT2Config.from_dict({**fields, "n_ctx": model.config.n_positions})
             stock = stock_cls.from_pretrained(ours_dir, config=config)
             stock.save_pretrained(staging)
         if tokenizer is not None:

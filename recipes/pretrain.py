@@ -63,6 +63,8 @@ def main(model_args, data_args, pretrain_args, run_args, trust_args, training_ar
         vocab_texts += list(corpus["test"]["text"])
     tokenizer = resolve_tokenizer(model_args, vocab_texts, bpe_vocab_size=pretrain_args.bpe_vocab_size)
     model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=trust_args.trust_remote_code)
+    # The lean LM-head loss: no full-vocabulary logits in training steps (README, Benchmarks).
+    model.use_chunked_lm_loss()
     check_vocab_agreement(model, tokenizer)
     block_size = check_block_size(pretrain_args.block_size, model)
     train_dataset = blocks_dataset(corpus["train"]["text"], tokenizer, block_size, pretrain_args.stride, "train")

@@ -1,4 +1,6 @@
-"""generate() on our GPT gives the same tokens as stock GPT-2 on the same weights."""
+"""generate() on our GPT gives what stock GPT-2 gives on the same weights: tokens, and every step's scores."""
+
+import copy
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from transformers import GenerationConfig
 from hf_llm import GPTForCausalLM
 
 PAD = 100  # = eos of the tiny config
+ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -42,48 +45,116 @@ MODES = {
 
 
 def _generate(model, ids, mask, seed, **kwargs):
-    config = GenerationConfig(max_new_tokens=20, min_new_tokens=20, pad_token_id=PAD, eos_token_id=PAD, **kwargs)
+    config = GenerationConfig(
+        max_new_tokens=20, min_new_tokens=20, pad_token_id=PAD, eos_token_id=PAD,
+        output_scores=True, output_logits=True, return_dict_in_generate=True, **kwargs,
+    )
     torch.manual_seed(seed)
     with torch.no_grad():
         return model.generate(ids, attention_mask=mask, generation_config=config)
 
 
+def assert_same_generation(a, b):
+    """Same tokens, and at every step the same raw logits and processed scores (within ATOL)."""
+    assert torch.equal(a.sequences, b.sequences)
+    assert len(a.scores) == len(b.scores) == len(a.logits) == len(b.logits) == 20
+    for step, (mine, theirs) in enumerate(zip(a.logits, b.logits)):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=ATOL, msg=f"logits differ at step {step}")
+    for step, (mine, theirs) in enumerate(zip(a.scores, b.scores)):
+        # -inf where a processor masked a token: those must match exactly, and torch.testing treats them so.
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=ATOL, msg=f"scores differ at step {step}")
+    if getattr(b, "sequences_scores", None) is not None:
+        torch.testing.assert_close(a.sequences_scores, b.sequences_scores, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_generate_matches_stock(pair, mode, impl):
+def test_generate_matches_stock_at_every_step(pair, mode, impl, cache):
     ours, stock = pair
     ours.set_attn_implementation(impl)
     stock.set_attn_implementation(impl)
     ids = _prompts()
-    a = _generate(ours, ids, torch.ones_like(ids), seed=5, **MODES[mode])
-    b = _generate(stock, ids, torch.ones_like(ids), seed=5, **MODES[mode])
-    assert a.shape == (1, 26)
-    assert torch.equal(a, b)
+    extra = {"cache_implementation": "static"} if cache == "static" else {}
+    a = _generate(ours, ids, torch.ones_like(ids), seed=5, **MODES[mode], **extra)
+    b = _generate(stock, ids, torch.ones_like(ids), seed=5, **MODES[mode], **extra)
+    assert a.sequences.shape == (1, 26)
+    assert_same_generation(a, b)
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
 @pytest.mark.parametrize("mode", ["greedy", "beam", "sample_all"])
-def test_batched_left_padded_generation_matches_stock(pair, mode):
+def test_batched_left_padded_generation_matches_stock(pair, mode, cache):
     ours, stock = pair
     ids, mask = _left_padded()
-    a = _generate(ours, ids, mask, seed=9, **MODES[mode])
-    b = _generate(stock, ids, mask, seed=9, **MODES[mode])
-    assert torch.equal(a, b)
+    extra = {"cache_implementation": "static"} if cache == "static" else {}
+    a = _generate(ours, ids, mask, seed=9, **MODES[mode], **extra)
+    b = _generate(stock, ids, mask, seed=9, **MODES[mode], **extra)
+    assert_same_generation(a, b)
     # Each padded row generates what it generates alone (padding is really ignored), for greedy decoding.
     if mode == "greedy":
-        alone = _generate(ours, ids[2:, 5:], mask[2:, 5:], seed=9, **MODES[mode])
-        assert torch.equal(a[2, 8:], alone[0, 3:])
-
-
-def test_static_cache_generation_equals_dynamic(pair):
-    ours, _ = pair
-    ids = _prompts()
-    dynamic = _generate(ours, ids, torch.ones_like(ids), seed=0, do_sample=False)
-    static = _generate(ours, ids, torch.ones_like(ids), seed=0, do_sample=False, cache_implementation="static")
-    assert torch.equal(dynamic, static)
+        alone = _generate(ours, ids[2:, 5:], mask[2:, 5:], seed=9, **MODES[mode], **extra)
+        assert torch.equal(a.sequences[2, 8:], alone.sequences[0, 3:])
 
 
 def test_beam_search_respects_no_repeat_ngram(pair):
     ours, _ = pair
-    out = _generate(ours, _prompts(), None, seed=0, **MODES["beam"])[0].tolist()
+    out = _generate(ours, _prompts(), None, seed=0, **MODES["beam"]).sequences[0].tolist()
     bigrams = list(zip(out, out[1:]))
     assert len(bigrams) == len(set(bigrams))
+
+
+def _forward_calls(model, ids, mask, **generate_kwargs):
+    """The keyword arguments of every forward call `generate` makes, copied as they were at the call."""
+    calls = []
+
+    def record(module, args, kwargs):
+        assert not args, "generate passes everything by keyword"
+        calls.append(copy.deepcopy(kwargs))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        _generate(model, ids, mask, seed=0, **generate_kwargs)
+    finally:
+        handle.remove()
+    return calls
+
+
+def _logits(model, kwargs):
+    with torch.no_grad():
+        return model(**copy.deepcopy(kwargs)).logits
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_forward_uses_every_keyword_generate_passes(pair, cache):
+    """Each keyword of the installed release's generate either changes stock's logits when dropped, and
+    then ours' too, by the same, or changes neither. A keyword ours ignored would fail here."""
+    ours, stock = pair
+    ours.set_attn_implementation("sdpa")
+    stock.set_attn_implementation("sdpa")
+    ids, mask = _left_padded()
+    extra = {"cache_implementation": "static"} if cache == "static" else {}
+    calls = _forward_calls(ours, ids, mask, do_sample=False, **extra)
+    assert len(calls) == 20
+    decode_step = calls[3]  # a step with a filled cache, padding and one new token per row
+    assert any(name in decode_step for name in ("cache", "past_key_values"))
+    for name, value in decode_step.items():
+        if value is None:
+            continue
+        without = {k: v for k, v in decode_step.items() if k != name}
+        mine = _logits(ours, decode_step)
+        theirs = _logits(stock, decode_step)
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=ATOL, msg=f"with {name}")
+        try:
+            theirs_without = _logits(stock, without)
+        except Exception:  # stock cannot run without it: neither may ours run without noticing
+            theirs_without = None
+        if theirs_without is None or theirs_without.shape != theirs.shape:
+            continue
+        stock_uses_it = not torch.allclose(theirs_without, theirs, rtol=0, atol=ATOL)
+        mine_without = _logits(ours, without)
+        assert mine_without.shape == theirs_without.shape, name
+        ours_uses_it = not torch.allclose(mine_without, mine, rtol=0, atol=ATOL)
+        assert ours_uses_it == stock_uses_it, f"generate's {name!r}: stock uses it: {stock_uses_it}, ours: {ours_uses_it}"
+        if stock_uses_it:
+            torch.testing.assert_close(mine_without, theirs_without, rtol=0, atol=ATOL, msg=f"without {name}")

@@ -6,7 +6,7 @@ from helpers import max_diff, save_stock_lm
 from transformers import DynamicCache
 
 from hf_llm import GPTForCausalLM
-from hf_llm.models.gpt import modeling_gpt
+from hf_llm.models.gpt import speed_paths
 
 ATOL = 1e-5
 
@@ -20,7 +20,7 @@ def pair(tmp_path_factory):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(modeling_gpt, "KV_CACHE_BLOCK", 4)  # so short tests cross several block boundaries
+    monkeypatch.setattr(speed_paths, "KV_CACHE_BLOCK", 4)  # so short tests cross several block boundaries
 
 
 def _ids(batch=2, length=20, seed=0):
@@ -34,15 +34,15 @@ def test_cache_equals_stock_cache_and_is_written_in_place(pair, small_blocks):
     buffers = []
     with torch.no_grad():
         for start, end in [(0, 5)] + [(t, t + 1) for t in range(5, 20)]:
-            a = ours(ids[:, start:end], past_key_values=ours_cache, use_cache=True)
-            b = stock(ids[:, start:end], past_key_values=stock_cache, use_cache=True)
+            a = ours(ids[:, start:end], cache=ours_cache, use_cache=True)
+            b = stock(ids[:, start:end], cache=stock_cache, use_cache=True)
             assert max_diff(a.logits, b.logits) < ATOL
             assert ours_cache.get_seq_length() == stock_cache.get_seq_length() == end
             for mine, theirs in zip(ours_cache.layers, stock_cache.layers):
                 assert mine.keys.shape == theirs.keys.shape and mine.values.shape == theirs.values.shape
                 assert max_diff(mine.keys, theirs.keys) < ATOL and max_diff(mine.values, theirs.values) < ATOL
             layer = ours_cache.layers[0]
-            assert type(layer) is modeling_gpt.DynamicLayer  # still transformers' own class
+            assert type(layer) is speed_paths.DynamicLayer  # still transformers' own class
             buffers.append((layer.keys._base.data_ptr(), layer.keys._base.shape[-2]))
     # A buffer grows by whole blocks of 4 positions, only when full: 5-8 positions in 8, 9-12 in 12, ...
     capacities = [capacity for _, capacity in buffers]
@@ -61,9 +61,9 @@ def test_edited_cache_keeps_decoding_like_a_full_pass(pair, small_blocks, edit):
     ids = _ids(batch=3, length=16, seed=1)
     cache = DynamicCache(config=ours.config)
     with torch.no_grad():
-        ours(ids[:, :10], past_key_values=cache, use_cache=True)
+        ours(ids[:, :10], cache=cache, use_cache=True)
         for t in range(10, 13):
-            ours(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            ours(ids[:, t : t + 1], cache=cache, use_cache=True)
         rows, start = torch.arange(3), 13
         if edit == "crop":
             cache.crop(-4)  # back to 9 positions
@@ -79,11 +79,11 @@ def test_edited_cache_keeps_decoding_like_a_full_pass(pair, small_blocks, edit):
             start = 0
         expected = _full_logits(ours, ids[rows])
         if start == 0:
-            out = ours(ids[rows, :6], past_key_values=cache, use_cache=True)
+            out = ours(ids[rows, :6], cache=cache, use_cache=True)
             assert max_diff(out.logits, expected[:, :6]) < ATOL
             start = 6
         for t in range(start, 16):
-            out = ours(ids[rows, t : t + 1], past_key_values=cache, use_cache=True)
+            out = ours(ids[rows, t : t + 1], cache=cache, use_cache=True)
             assert max_diff(out.logits[:, -1], expected[:, t]) < ATOL
         assert cache.get_seq_length() == 16
 
@@ -94,7 +94,7 @@ def test_inputs_that_need_gradients_use_concatenation(pair):
     try:
         cache = DynamicCache(config=ours.config)
         ids = _ids(batch=2, length=8, seed=2)
-        out = ours(ids, labels=ids, past_key_values=cache, use_cache=True)
+        out = ours(ids, labels=ids, cache=cache, use_cache=True)
         out.loss.backward()
         assert all(not hasattr(layer, "_kv_views") and layer.keys._base is None for layer in cache.layers)
         assert ours.transformer.h[0].attn.c_attn.weight.grad is not None
@@ -107,9 +107,9 @@ def test_a_batch_that_does_not_fit_the_cache_is_refused(pair):
     ours, _ = pair
     cache = DynamicCache(config=ours.config)
     with torch.no_grad():
-        ours(_ids(batch=2, length=5), past_key_values=cache, use_cache=True)
+        ours(_ids(batch=2, length=5), cache=cache, use_cache=True)
         with pytest.raises(RuntimeError, match="[Ss]izes of tensors must match"):
-            ours(_ids(batch=3, length=1), past_key_values=cache, use_cache=True)
+            ours(_ids(batch=3, length=1), cache=cache, use_cache=True)
 
 
 def test_reset_frees_the_buffers(pair):
@@ -119,7 +119,7 @@ def test_reset_frees_the_buffers(pair):
     ours, _ = pair
     cache = DynamicCache(config=ours.config)
     with torch.no_grad():
-        ours(_ids(batch=2, length=5), past_key_values=cache, use_cache=True)
+        ours(_ids(batch=2, length=5), cache=cache, use_cache=True)
     buffer = weakref.ref(cache.layers[0].keys._base)
     assert buffer() is not None
     cache.reset()
@@ -133,7 +133,7 @@ def test_tensors_put_into_the_cache_by_hand_are_never_written(pair):
     ids = _ids(batch=2, length=8, seed=3)
     cache = DynamicCache(config=ours.config)
     with torch.no_grad():
-        ours(ids[:, :6], past_key_values=cache, use_cache=True)
+        ours(ids[:, :6], cache=cache, use_cache=True)
         owned = []
         for layer in cache.layers:
             keys = torch.full(layer.keys.shape[:2] + (16,) + layer.keys.shape[3:], 7.0)
@@ -143,7 +143,7 @@ def test_tensors_put_into_the_cache_by_hand_are_never_written(pair):
             owned.append((keys, values))
         expected = _full_logits(ours, ids)
         for t in range(6, 8):
-            out = ours(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = ours(ids[:, t : t + 1], cache=cache, use_cache=True)
             assert max_diff(out.logits[:, -1], expected[:, t]) < ATOL
     for keys, values in owned:
         assert torch.all(keys[:, :, 6:] == 7.0) and torch.all(values[:, :, 6:] == 7.0)

@@ -443,8 +443,9 @@ def test_load_adapter_errors(tmp_path):
         load_adapter(tiny_gpt(), tmp_path)
 
 
+@pytest.mark.parametrize("targets", [ALL_PROJECTIONS, ["c_attn"]])
 @pytest.mark.parametrize("backend", ["hf_llm", "peft"])
-def test_full_save_of_a_model_with_adapters_injected_loads_back_exactly(tmp_path, backend):
+def test_full_save_of_a_model_with_adapters_injected_loads_back_exactly(tmp_path, backend, targets):
     """What the Trainer writes and reads when it checkpoints and resumes a model whose adapters are
     injected: save_pretrained, then a plain load_state_dict of that file into a fresh injected model."""
     from safetensors.torch import load_file
@@ -452,15 +453,16 @@ def test_full_save_of_a_model_with_adapters_injected_loads_back_exactly(tmp_path
     def injected(seed):
         model = tiny_gpt(seed)
         if backend == "hf_llm":
-            inject_lora(model, target_modules=ALL_PROJECTIONS, r=4, alpha=8, init_lora_weights=False)
+            inject_lora(model, target_modules=targets, r=4, alpha=8, init_lora_weights=False)
             return model
-        return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=ALL_PROJECTIONS, init_lora_weights=False)).base_model.model
+        return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)).base_model.model
 
     trained, fresh = injected(0), injected(1)
     trained.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
-    c_attn = "transformer.h.0.attn.c_attn.base_layer.weight"
-    assert saved[c_attn].shape == (TINY["n_embd"], 3 * TINY["n_embd"])  # GPT-2's (in, out) layout, as for the bare weights
+    # The model converts only its own weight names to GPT-2's (in, out) layout; a wrapper's stay nn.Linear's.
+    assert saved["transformer.h.0.attn.c_attn.base_layer.weight"].shape == (3 * TINY["n_embd"], TINY["n_embd"])
+    assert saved["transformer.h.0.attn.c_attn.lora_A.default.weight"].shape == (4, TINY["n_embd"])
     result = fresh.load_state_dict(saved, strict=False)  # as the Trainer does: the tied head is not in the file
     assert result.missing_keys == ["lm_head.weight"] and not result.unexpected_keys
     for (name, a), b in zip(trained.state_dict().items(), fresh.state_dict().values()):

@@ -1,5 +1,6 @@
 """Features users expect of a transformers model, and the errors for bad input."""
 
+import json
 import os
 
 import pytest
@@ -9,7 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 from hf_llm import GPT2_PRESETS, GPTConfig, GPTForCausalLM, GPTForSequenceClassification, GPTModel
 from hf_llm.export import export_to_gpt2, main as export_main
-from hf_llm.models.gpt.modeling_gpt import GPTLinear, chunked_causal_lm_loss
+from hf_llm.models.gpt.speed_paths import GPTLinear, chunked_causal_lm_loss, tied_head_gradient_for
 
 
 def tiny_config(**overrides):
@@ -139,15 +140,16 @@ def test_chunked_loss_equals_plain_loss_and_gradients(case):
     labels[2, 15:] = -100
     extra = {"token_type_ids": torch.randint(0, 100, (3, 20))} if case == "token_type_ids" else {}
     grads = []
-    for return_logits in (True, False):
+    for chunked in (False, True):
+        model.use_chunked_lm_loss(chunked)
         model.zero_grad(set_to_none=True)
         for _ in range(2 if case == "accumulate" else 1):  # gradient accumulation adds into .grad
-            out = model(ids, labels=labels, return_logits=return_logits, output_hidden_states=True, **extra)
-            assert (out.logits is None) == (not return_logits)
+            out = model(ids, labels=labels, output_hidden_states=True, **extra)
+            assert (out.logits is None) == chunked
             loss = out.loss + out.hidden_states[2].sum() * 1e-3 if case == "hidden_states_too" else out.loss
             # With tied weights the chunked loss hands the head's gradient to the embedding lookup.
             handed_over = "_TokenEmbeddingBackward" in _graph_node_names(loss.grad_fn)
-            assert handed_over == (not return_logits and case not in ("untied", "frozen_embedding"))
+            assert handed_over == (chunked and case not in ("untied", "frozen_embedding"))
             loss.backward()
         grads.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
     (plain_loss, plain), (chunked_loss, chunked) = grads
@@ -164,11 +166,11 @@ def test_embedding_gradient_without_the_loss_in_backward():
     torch.manual_seed(0)
     model = GPTForCausalLM(tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train()
     ids = torch.randint(0, 100, (2, 12))
-    hidden = model(ids, labels=ids, output_hidden_states=True).hidden_states[1]
+    hidden = model.use_chunked_lm_loss()(ids, labels=ids, output_hidden_states=True).hidden_states[1]
     hidden.pow(2).sum().backward()
     reference = model.transformer.wte.weight.grad.clone()
     model.zero_grad(set_to_none=True)
-    model(ids, labels=ids, return_logits=True, output_hidden_states=True).hidden_states[1].pow(2).sum().backward()
+    model.use_chunked_lm_loss(False)(ids, labels=ids, output_hidden_states=True).hidden_states[1].pow(2).sum().backward()
     assert max_diff(reference, model.transformer.wte.weight.grad) < 1e-6
     assert reference.abs().sum() > 0
 
@@ -205,7 +207,7 @@ def test_chunked_loss_refuses_a_second_backward_with_a_clear_error():
     weight = torch.randn(30, 8, requires_grad=True)
     loss = chunked_causal_lm_loss(hidden, weight, torch.randint(0, 30, (1, 6)))
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="return_logits=True"):
+    with pytest.raises(RuntimeError, match=r"use_chunked_lm_loss\(False\)"):
         loss.backward()
 
 
@@ -224,12 +226,17 @@ def test_chunked_loss_in_bf16_follows_the_fp32_loss():
     assert torch.isfinite(h16.grad.float()).all() and w16.grad.float().abs().sum() > 0
 
 
-def test_training_mode_returns_no_logits_unless_asked_eval_mode_does():
-    model = GPTForCausalLM(tiny_config())
-    ids = torch.randint(0, 100, (1, 5))
-    assert model.train()(ids, labels=ids).logits is None
-    assert model.train()(ids, labels=ids, return_logits=True).logits.shape == (1, 5, 101)
-    assert model.eval()(ids, labels=ids).logits.shape == (1, 5, 101)
+def test_training_mode_returns_logits_as_stock_unless_the_chunked_loss_is_on(tmp_path):
+    save_stock_lm(tmp_path)
+    stock = GPT2LMHeadModel.from_pretrained(tmp_path).train()
+    model = GPTForCausalLM.from_pretrained(tmp_path).train()
+    ids = torch.randint(0, 100, (2, 5))
+    assert model(ids, labels=ids).logits.shape == stock(ids, labels=ids).logits.shape == (2, 5, 101)
+    assert GPTForCausalLM(tiny_config()).train()(ids, labels=ids).logits.shape == (2, 5, 101)
+    assert model.use_chunked_lm_loss()(ids, labels=ids).logits is None
+    assert model.eval()(ids, labels=ids).logits.shape == (2, 5, 101)  # evaluation keeps its logits
+    assert model.train()(ids).logits.shape == (2, 5, 101)  # so do forwards without labels
+    assert "chunked" not in (tmp_path / "config.json").read_text()  # the setting is not saved
 
 
 def test_return_dict_false_gives_tuples():
@@ -265,7 +272,7 @@ def test_too_long_input_names_limit_and_length():
     # Growing past the limit through the cache is caught too.
     out = model(torch.zeros(1, 60, dtype=torch.long), use_cache=True)
     with pytest.raises(ValueError, match="n_positions=64"):
-        model(torch.zeros(1, 5, dtype=torch.long), past_key_values=out.past_key_values)
+        model(torch.zeros(1, 5, dtype=torch.long), cache=out.cache)
 
 
 def test_out_of_vocabulary_ids_are_refused():
@@ -279,7 +286,7 @@ def test_out_of_vocabulary_ids_are_refused():
 
 def test_classifier_without_pad_token_explains_fix():
     model = GPTForSequenceClassification(tiny_config(num_labels=1))
-    with pytest.raises(ValueError, match="pad_token_id"):
+    with pytest.raises(ValueError, match="no padding token is defined"):  # transformers' own check, as in stock
         model(torch.randint(0, 100, (2, 4)))
 
 
@@ -304,6 +311,8 @@ def test_export_to_gpt2_writes_a_plain_gpt2_checkpoint(tmp_path):
     export_main([str(tmp_path / "ours"), str(tmp_path / "gpt2")])
     config = (tmp_path / "gpt2" / "config.json").read_text()
     assert '"model_type": "gpt2"' in config and "auto_map" not in config
+    # llama.cpp's convert_hf_to_gguf.py reads the context length from n_ctx.
+    assert json.loads(config)["n_ctx"] == 64
     assert not (tmp_path / "gpt2" / "modeling_gpt.py").exists()
     stock = AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2").eval()
     assert type(stock) is GPT2LMHeadModel
@@ -385,17 +394,18 @@ def test_gpt_linear_uses_the_recorded_choice(monkeypatch):
 def test_tied_head_gradient_handover_survives_the_input_require_grads_hook():
     """Gradient checkpointing and PEFT call enable_input_require_grads, which hooks the token embedding
     only to mark its output as requiring grad: the handover stays on; any other hook turns it off."""
-    model = GPTForCausalLM(tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train()
-    assert model._can_hand_over_head_gradient()
+    model = GPTForCausalLM(tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train().use_chunked_lm_loss()
+    wte, lm_head = model.transformer.wte, model.lm_head
+    assert tied_head_gradient_for(wte, lm_head) is not None
     model.gradient_checkpointing_enable()
-    assert model.transformer.wte._forward_hooks and model._can_hand_over_head_gradient()
+    assert model.transformer.wte._forward_hooks and tied_head_gradient_for(wte, lm_head) is not None
     ids = torch.randint(0, 100, (2, 12))
     loss = model(ids, labels=ids).loss
     loss.backward()
     with_handover = model.transformer.wte.weight.grad.clone()
     model.zero_grad()
     handle = model.transformer.wte.register_forward_hook(lambda module, args, output: output)
-    assert not model._can_hand_over_head_gradient()
+    assert tied_head_gradient_for(wte, lm_head) is None
     model(ids, labels=ids).loss.backward()
     handle.remove()
     assert max_diff(model.transformer.wte.weight.grad, with_handover) < 1e-6
