@@ -11,11 +11,10 @@ seconds, shown against a read bandwidth measured in the same run (summing a 512 
 
     python benchmarks/bench_generate.py                      # 124M, batch 1 and 8, CPU fp32, sdpa
     python benchmarks/bench_generate.py --batches 1 --repeats 5
-    python benchmarks/bench_generate.py --ablate few_rows kv_in_place   # what each speed path earns
+    python benchmarks/bench_generate.py --ablate few_rows   # what the few-row product earns
 
-`--ablate PATH` adds a contender "ours-no-PATH": ours with that speed path switched off (few_rows:
-every projection takes F.linear, as nn.Linear does; kv_in_place: the cache grows by concatenation,
-as transformers' DynamicCache does), timed in the same alternating rounds.
+`--ablate few_rows` adds a contender "ours-no-few_rows": ours with every projection taking F.linear,
+as nn.Linear does, timed in the same alternating rounds.
     python benchmarks/bench_generate.py --device cuda --dtype bf16 --attn flash_attention_2
 """
 
@@ -31,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 ARCH = {"n_embd": 768, "n_layer": 12, "n_head": 12}
-ABLATIONS = ("few_rows", "kv_in_place")
+ABLATIONS = ("few_rows",)
 
 
 def parse_args(argv=None):
@@ -47,20 +46,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def make_generate(model, ids, new_tokens, concatenating_cache=False):
-    from transformers import DynamicCache
-
-    class ConcatenatingCache(DynamicCache):
-        """transformers' DynamicCache under another type, which ours' in-place writes leave alone."""
-
+def make_generate(model, ids, new_tokens):
     mask = torch.ones_like(ids)
 
     def generate():
-        extra = {"cache": ConcatenatingCache(config=model.config)} if concatenating_cache else {}
         with torch.no_grad():
             return model.generate(
                 ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                pad_token_id=0, use_cache=True, **extra,
+                pad_token_id=0, use_cache=True,
             )
 
     return generate
@@ -92,18 +85,16 @@ def main(argv=None) -> None:
         models = {name: common.load_model(name, "causal_lm", folder, args, device).eval() for name in names}
         for path in args.ablate:
             model = models[f"{common.OURS}-no-{path}"] = common.load_model(common.OURS, "causal_lm", folder, args, device).eval()
-            if path == "few_rows":
-                for module in model.modules():
-                    if hasattr(module, "few_rows_product"):
-                        module.few_rows_product = "plain"  # F.linear at every row count, as nn.Linear
+            for module in model.modules():
+                if hasattr(module, "few_rows_product"):
+                    module.few_rows_product = "plain"  # F.linear at every row count, as nn.Linear
         names = list(models)
         n_flop = common.flop_params(models[common.STOCK], "causal_lm")
         for batch in args.batches:
             label = f"batch {batch}, {args.prompt_len}+{args.new_tokens}"
             generator = torch.Generator().manual_seed(args.seed + batch)
             ids = torch.randint(0, 50257, (batch, args.prompt_len), generator=generator).to(device)
-            calls = {name: make_generate(model, ids, args.new_tokens, name.endswith("no-kv_in_place"))
-                     for name, model in models.items()}
+            calls = {name: make_generate(model, ids, args.new_tokens) for name, model in models.items()}
             outputs = {name: call() for name, call in calls.items()}
             same = all(torch.equal(outputs[name], outputs[common.STOCK]) for name in names)
             times = common.alternate(calls, device, args.warmup, args.repeats, settle=args.settle)

@@ -409,3 +409,13 @@ def test_tied_head_gradient_handover_survives_the_input_require_grads_hook():
     model(ids, labels=ids).loss.backward()
     handle.remove()
     assert max_diff(model.transformer.wte.weight.grad, with_handover) < 1e-6
+
+
+def test_trainer_predictions_hold_logits_not_the_cache(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = GPTForCausalLM(tiny_config()).eval()
+    rows = [{"input_ids": torch.randint(0, 100, (6,)), "labels": torch.randint(0, 100, (6,))} for _ in range(3)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to="none", use_cpu=True)
+    predictions = Trainer(model=model, args=args).predict(rows).predictions
+    assert predictions.shape == (3, 6, 101)  # logits alone: the KV cache is left out, as for stock GPT-2

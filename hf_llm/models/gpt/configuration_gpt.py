@@ -57,7 +57,7 @@ class GPTConfig(PretrainedConfig):
     """
 
     model_type = "hf_llm_gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # Trainer leaves the KV cache out of predictions
     attribute_map = {
         "hidden_size": "n_embd",
         "max_position_embeddings": "n_positions",

@@ -11,8 +11,8 @@ stock GPT-2 keeps them in a `Conv1D` module, stored (in_features, out_features);
 checkpoint loads here and a checkpoint saved here loads into stock `GPT2LMHeadModel`: transformers
 transposes the four weights on the way in and out (the conversion registered below).
 
-The speed paths (a faster few-row product for decoding, an in-place KV cache, an opt-in chunked
-LM-head loss) live in `speed_paths.py`; they compute what the plain modules compute. Both files
+The speed paths (a faster few-row product for decoding, an opt-in chunked LM-head loss) live in
+`speed_paths.py`; they compute what the plain modules compute. Both files
 import only torch and transformers: they also run as Hub remote code.
 """
 
@@ -43,7 +43,6 @@ from .speed_paths import (
     embed_tokens,
     lm_head_is_plain,
     tied_head_gradient_for,
-    update_kv_cache,
 )
 
 
@@ -101,7 +100,7 @@ class GPTAttention(nn.Module):
         query, key, value = qkv.transpose(1, 3).unbind(dim=2)  # each (batch, heads, length, head_dim)
 
         if cache is not None:
-            key, value = update_kv_cache(cache, self.layer_idx, key, value)
+            key, value = cache.update(key, value, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward

@@ -6,11 +6,13 @@ the README's benchmark table shows it earns at least 5% there:
 
 - `GPTLinear`, the few-row matrix product: decoding, where each projection sees one or a few rows
   (row "greedy generation ..., batch 8" with and without it: `bench_generate.py --ablate few_rows`).
-- `update_kv_cache`, the in-place KV cache: the same generation row
-  (`bench_generate.py --ablate kv_in_place`).
 - `chunked_causal_lm_loss` with `TiedHeadGradient`, the lean LM-head loss: training steps of models
   whose LM head and vocabulary dominate (row "training, width 256 ..."; opt-in, see
-  `GPTForCausalLM.use_chunked_lm_loss`; `bench_train.py --ablate chunked_loss`/`tied_gradient`).
+  `GPTForCausalLM.use_chunked_lm_loss`; without it and without its gradient handover:
+  `bench_train.py --lm-loss plain` and `--lm-loss chunked-no-tied`).
+
+An in-place KV cache was measured the same way and removed: it earned 2% of the batch-8 generation
+row, below the bar.
 
 Like the modeling file, this module imports only torch and transformers: it ships with saved
 checkpoints as Hub remote code.
@@ -18,67 +20,14 @@ checkpoints as Hub remote code.
 
 import math
 import time
-import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 # --------------------------------------------------------------------------------------------------
-# Decoding: the in-place KV cache and the few-row product
+# Decoding: the few-row product
 # --------------------------------------------------------------------------------------------------
-
-
-KV_CACHE_BLOCK = 128  # key/value buffers hold a multiple of this many positions
-
-
-def update_kv_cache(cache: Cache, layer_idx: int, key: torch.Tensor, value: torch.Tensor):
-    """Append this step's keys and values to layer `layer_idx` of `cache` and return all of them.
-
-    `DynamicLayer` appends by concatenation, which copies the layer's whole cache into a new tensor
-    for every decoded token. Here a plain `DynamicLayer` of a `DynamicCache` gets its keys and values
-    as views into buffers with room for up to `KV_CACHE_BLOCK` more positions, and new positions are
-    written in place; the cache object, its classes and everything they report stay as transformers
-    defines them. If anything replaced the layer's tensors since the last write (crop, reorder, batch
-    selection, reset, offloading), the buffers are rebuilt from what the layer holds now. Other
-    caches and layers, inputs that need gradients and torch.compile use the cache's own `update`.
-    """
-    layer = cache.layers[layer_idx] if layer_idx < len(cache.layers) else None
-    if (
-        type(cache) is not DynamicCache
-        or cache.offloading
-        or type(layer) is not DynamicLayer
-        or key.requires_grad
-        or value.requires_grad
-        or torch.compiler.is_compiling()
-    ):
-        return cache.update(key, value, layer_idx)
-    if not layer.is_initialized:
-        layer.lazy_initialization(key, value)
-    keys, values = layer.keys, layer.values
-    past = keys.shape[-2] if keys.ndim == 4 else 0
-    total = past + key.shape[-2]
-    if past and (keys.shape[:2] + keys.shape[3:] != key.shape[:2] + key.shape[3:] or keys.dtype != key.dtype):
-        return cache.update(key, value, layer_idx)  # mismatched inputs: concatenation reports them
-    # Weak references to the views handed out last time: if the layer still holds exactly those, their
-    # bases are our buffers (and a reset or a deleted cache frees the buffers with the views).
-    handed_out = getattr(layer, "_kv_views", None)
-    ours = handed_out is not None and handed_out[0]() is keys and handed_out[1]() is values
-    if ours and total <= keys._base.shape[-2]:
-        key_buffer, value_buffer = keys._base, values._base
-    else:
-        capacity = (total // KV_CACHE_BLOCK + 1) * KV_CACHE_BLOCK
-        key_buffer = key.new_empty(key.shape[:2] + (capacity,) + key.shape[3:])
-        value_buffer = value.new_empty(value.shape[:2] + (capacity,) + value.shape[3:])
-        if past:
-            key_buffer[:, :, :past].copy_(keys)
-            value_buffer[:, :, :past].copy_(values)
-    key_buffer[:, :, past:total].copy_(key)
-    value_buffer[:, :, past:total].copy_(value)
-    layer.keys, layer.values = key_buffer[:, :, :total], value_buffer[:, :, :total]
-    layer._kv_views = (weakref.ref(layer.keys), weakref.ref(layer.values))
-    return layer.keys, layer.values
 
 
 class GPTLinear(nn.Linear):
