@@ -185,7 +185,9 @@ class _Conv1DLayoutTranspose(Transpose):
         except AttributeError:
             module = None
         if type(module).__name__ == "Conv1D":
-            return {self.get_target_pattern(input_dict, source_patterns, target_patterns): next(iter(input_dict.values()))}
+            tensors = next(iter(input_dict.values()))
+            tensor = tensors[0] if isinstance(tensors, list) else tensors
+            return {self.get_target_pattern(input_dict, source_patterns, target_patterns): tensor}
         return super().convert(input_dict, source_patterns, target_patterns, **kwargs)
 
     @property
@@ -213,7 +215,8 @@ def _accept_conv1d_layout(block, state_dict, prefix, *args, **kwargs):
     attn.c_proj follows the others. Weights under other names (inside a wrapper) are left alone.
     """
     present = {name: state_dict[prefix + name] for name in CONV1D_WEIGHT_NAMES if prefix + name in state_dict}
-    own = {name: tuple(block.get_parameter(name).shape) for name in present}
+    # The module's `.weight`, which a wrapper in its place (a LoRA layer) also exposes.
+    own = {name: tuple(block.get_submodule(name.rpartition(".")[0]).weight.shape) for name in present}
     if any(shape[0] != shape[1] and tuple(present[name].shape) == shape[::-1] for name, shape in own.items()):
         for name, tensor in present.items():
             state_dict[prefix + name] = tensor.t()
@@ -412,8 +415,6 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         """
         chunked = labels is not None and self.training and self.chunked_lm_loss and lm_head_is_plain(self.lm_head)
         tied = tied_head_gradient_for(self.transformer.wte, self.lm_head) if chunked and inputs_embeds is None else None
-        if tied is not None:
-            kwargs["tied_head_gradient"] = tied
         outputs = self.transformer(
             input_ids,
             cache=cache,
@@ -422,10 +423,10 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            tied_head_gradient=tied,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        kwargs.pop("tied_head_gradient", None)
 
         logits, loss = None, None
         if chunked:
