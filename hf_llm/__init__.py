@@ -1,7 +1,9 @@
 """hf_llm: GPT-2 written from scratch as a transformers-native model, with training recipes.
 
-Importing hf_llm registers the GPT classes with transformers' Auto classes, so
-`AutoModelForCausalLM.from_pretrained(folder)` works on checkpoints hf_llm saved.
+Importing hf_llm registers the GPT classes with transformers' Auto classes
+(`AutoModelForCausalLM.from_config(GPTConfig(...))` builds ours). Saved folders say
+`model_type: gpt2`, so any transformers reads them as stock GPT-2; `GPTForCausalLM.from_pretrained`
+(or `trust_remote_code=True`) reads them as ours.
 """
 
 from transformers import (

@@ -1,9 +1,10 @@
 """Export an hf_llm checkpoint as a plain `model_type: gpt2` checkpoint.
 
-Checkpoints saved by hf_llm already load into stock `GPT2LMHeadModel` (the weights are written in
-GPT-2's layout). Their config, however, says `model_type: hf_llm_gpt` and carries an `auto_map`, so
-tools that dispatch on the model type (AutoModel without hf_llm, converters, serving engines) do not
-recognise them. `export_to_gpt2` writes a checkpoint that is GPT-2 in every respect.
+Checkpoints saved by hf_llm already load into stock `GPT2LMHeadModel`: the weights are written in
+GPT-2's layout and config.json says `model_type: gpt2`. They still name our classes in
+`architectures` and carry an `auto_map` and our remote-code files, so tools that dispatch on the
+architecture (llama.cpp's GGUF converter, serving engines) do not recognise them.
+`export_to_gpt2` writes a checkpoint that is GPT-2 in every respect.
 
 Command line: `hf-llm-export-gpt2 SOURCE OUTPUT_DIR` (or `python -m hf_llm.export ...`).
 """

@@ -108,7 +108,7 @@ def main(model_args, data_args, pretrain_args, run_args, trust_args, training_ar
             tags=["text-generation", "pretraining"],
             pipeline_tag="text-generation",
             is_adapter=False,
-            how_to_load=f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\nmodel = AutoModelForCausalLM.from_pretrained("{push["repo_id"]}", trust_remote_code=True)\ntokenizer = AutoTokenizer.from_pretrained("{push["repo_id"]}")\n# or, with hf_llm installed: import hf_llm; AutoModelForCausalLM.from_pretrained(...)',
+            how_to_load=f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\nmodel = AutoModelForCausalLM.from_pretrained("{push["repo_id"]}", trust_remote_code=True)\ntokenizer = AutoTokenizer.from_pretrained("{push["repo_id"]}")\n# or, with hf_llm installed: from hf_llm import GPTForCausalLM; GPTForCausalLM.from_pretrained(...)',
         ),
     )
 

@@ -294,15 +294,44 @@ def test_classifier_without_pad_token_explains_fix():
 
 
 def test_auto_classes_resolve_to_ours(tmp_path):
-    GPTForCausalLM(tiny_config()).save_pretrained(tmp_path)
+    config = tiny_config()
+    assert type(AutoModelForCausalLM.from_config(config)) is GPTForCausalLM
+    assert type(AutoModel.from_config(config)) is GPTModel
+    assert type(AutoModelForSequenceClassification.from_config(tiny_config(num_labels=1))) is GPTForSequenceClassification
+    # A config.json that names our model type (as hf_llm wrote before saving `gpt2`) still loads as ours.
+    GPTForCausalLM(config).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "model_type": GPTConfig.model_type}))
     assert isinstance(AutoConfig.from_pretrained(tmp_path), GPTConfig)
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path)) is GPTForCausalLM
     assert type(AutoModel.from_pretrained(tmp_path)) is GPTModel
     clf = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=1)
     assert type(clf) is GPTForSequenceClassification
-    saved = (tmp_path / "config.json").read_text()
-    assert '"auto_map"' in saved and "modeling_gpt.GPTForCausalLM" in saved
+
+
+def test_saved_folder_is_gpt2_to_transformers_and_ours_to_hf_llm(tmp_path):
+    """config.json says model_type gpt2: Auto classes read stock GPT-2 with our numbers; our class and
+    trust_remote_code=True read ours."""
+    model = GPTForCausalLM(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "gpt2"
+    assert saved["auto_map"]["AutoModelForCausalLM"] == "modeling_gpt.GPTForCausalLM"
     assert (tmp_path / "modeling_gpt.py").exists() and (tmp_path / "configuration_gpt.py").exists()
+    assert GPTConfig.from_pretrained(tmp_path).to_dict() == model.config.to_dict()
+    ids = torch.randint(0, 100, (1, 7))
+    with torch.no_grad():
+        expected = model(ids).logits
+        stock = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+        assert type(stock) is GPT2LMHeadModel
+        assert max_diff(stock(ids).logits, expected) < 1e-5
+        ours = GPTForCausalLM.from_pretrained(tmp_path).eval()
+        assert max_diff(ours(ids).logits, expected) == 0
+        remote = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
+        assert type(remote).__name__ == "GPTForCausalLM" and type(remote).__module__.startswith("transformers_modules")
+        assert max_diff(remote(ids).logits, expected) == 0
+    # The in-memory config keeps our type, so Auto classes built from it stay ours.
+    assert model.config.model_type == GPTConfig.model_type
 
 
 def test_export_to_gpt2_writes_a_plain_gpt2_checkpoint(tmp_path):

@@ -62,6 +62,52 @@ def test_remote_code_loads_in_a_process_without_hf_llm(tmp_path):
     assert report["generated"] == expected[0].tolist()
 
 
+NO_PROMPT_SCRIPT = textwrap.dedent(
+    """
+    import builtins, sys
+    sys.modules["hf_llm"] = None  # any `import hf_llm` now raises ImportError
+
+    def refuse_prompt(*args, **kwargs):
+        raise SystemExit("prompted: " + str(args[0] if args else ""))
+
+    builtins.input = refuse_prompt  # transformers asks "run the custom code? [y/N]" through input()
+    import json, torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+    ids = tokenizer("Hello, world", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    print(json.dumps({"model": type(model).__name__, "ids": ids[0].tolist(), "logits": logits[0, -1].tolist()}))
+    """
+)
+
+
+def test_saved_folder_loads_with_its_tokenizer_without_hf_llm_or_a_prompt(tmp_path, shared_data):
+    from transformers import GPT2Tokenizer
+
+    tokenizer = GPT2Tokenizer.from_pretrained(shared_data / "gpt2-tokenizer")
+    torch.manual_seed(0)
+    model = GPTForCausalLM(GPTConfig(n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
+    model.save_pretrained(tmp_path / "checkpoint")
+    tokenizer.save_pretrained(tmp_path / "checkpoint")
+    script = tmp_path / "load_plain.py"
+    script.write_text(NO_PROMPT_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "checkpoint")], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["model"] == "GPT2LMHeadModel"
+    ids = tokenizer("Hello, world", return_tensors="pt").input_ids
+    assert report["ids"] == ids[0].tolist()
+    with torch.no_grad():
+        assert max_diff(torch.tensor(report["logits"]), model(ids).logits[0, -1]) < 1e-5
+
+
 def test_text_generation_pipeline(tmp_path, shared_data):
     from transformers import GPT2Tokenizer
 
@@ -69,7 +115,7 @@ def test_text_generation_pipeline(tmp_path, shared_data):
     config = GPTConfig(n_positions=128, n_embd=32, n_layer=2, n_head=4)
     GPTForCausalLM(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    generator = pipeline("text-generation", model=str(tmp_path))
+    generator = pipeline("text-generation", model=GPTForCausalLM.from_pretrained(tmp_path), tokenizer=str(tmp_path))
     assert type(generator.model) is GPTForCausalLM
     out = generator("What is the capital of China?", max_new_tokens=8, do_sample=False)
     text = out[0]["generated_text"]

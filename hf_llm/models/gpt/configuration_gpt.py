@@ -5,11 +5,16 @@ default, so a `config.json` written for stock GPT-2 loads unchanged. This file i
 transformers, because it also ships next to saved checkpoints as Hub remote code.
 """
 
+import json
+
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 # Activations the model can build: every name in transformers' ACT2FN, as for stock GPT-2.
 SUPPORTED_ACTIVATIONS = tuple(sorted(ACT2FN))
+
+# The model type written to config.json: transformers' own GPT-2 (see GPTConfig.to_json_file).
+GPT2_MODEL_TYPE = "gpt2"
 
 # The four published GPT-2 sizes. Parameter counts are those of the released checkpoints, with
 # the LM head tied to the token embedding (so it is counted once).
@@ -133,9 +138,22 @@ class GPTConfig(PretrainedConfig):
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         # Stock GPT-2 configs are ours field for field: read them without a model-type warning.
-        if config_dict.get("model_type") == "gpt2":
+        if config_dict.get("model_type") == GPT2_MODEL_TYPE:
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
+
+    def to_json_file(self, json_file_path, use_diff: bool = True):
+        """Write config.json with `model_type: gpt2`.
+
+        The fields and the weight layout are GPT-2's, so any transformers reads a saved folder as
+        stock GPT-2 with no custom code: `AutoTokenizer` and `AutoModelForCausalLM` load it without
+        hf_llm and without a trust-remote-code prompt (which an unknown model type always raises,
+        even for the tokenizer). The `auto_map` still offers this model as remote code
+        (`trust_remote_code=True`), and `GPTForCausalLM.from_pretrained` reads the file as ours.
+        """
+        config_dict = {**json.loads(self.to_json_string(use_diff=use_diff)), "model_type": GPT2_MODEL_TYPE}
+        with open(json_file_path, "w", encoding="utf-8") as file:
+            file.write(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
 
     @property
     def head_dim(self) -> int:
