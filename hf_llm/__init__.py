@@ -26,7 +26,7 @@ from . import data, lora, stdlib_data
 from .data import DataFormatError
 from .export import export_to_gpt2
 from .tokenization_char import CharTokenizer, UnknownCharacterError
-from .tokenizers import (
+from .tokenization import (
     build_char_tokenizer,
     load_gpt2_tokenizer,
     load_tokenizer,

@@ -14,10 +14,10 @@ the prompt exactly as recipes/sft_lora.py trains, so an adapter is prompted the 
 
 import sys
 
-from hf_llm.training.arguments import GenerateArguments, ModelArguments, TrustArguments
-from hf_llm.training.defaults import DEFAULT_BASE_MODEL
-from hf_llm.training.generation import generate_text, load_for_generation, resolve_prompt
-from hf_llm.training.run import recipe_main
+from hf_llm.training import (
+    DEFAULT_BASE_MODEL, GenerateArguments, ModelArguments, TrustArguments, generate_text, load_for_generation,
+    recipe_main, resolve_prompt,
+)
 
 DATACLASS_TYPES = (ModelArguments, GenerateArguments, TrustArguments)
 

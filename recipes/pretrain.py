@@ -10,22 +10,16 @@ training texts), joined with end-of-text and cut into blocks by a sliding window
 reports loss and perplexity and samples continuations of --sample_prompts.
 """
 
-from transformers import TrainingArguments, default_data_collator
+from transformers import Trainer, TrainingArguments, default_data_collator
 
-from hf_llm.training.arguments import DataArguments, ModelArguments, PretrainArguments, RunArguments, TrustArguments
-from hf_llm.training.callbacks import SampleGenerationCallback
-from hf_llm.training.datasets import load_text_corpus
-from hf_llm.training.defaults import cpu_only
-from hf_llm.training.packing import blocks_dataset
-from hf_llm.training.run import (
-    TRAINING_KEYS, GuardedTrainer, begin_run, finish_run, hyperparameters, recipe_main,
-)
-from hf_llm.training.setup import (
-    check_block_size, check_vocab_agreement, load_model, mark_run, resolve_tokenizer,
+from hf_llm.training import (
+    ArchitectureArguments, DataArguments, ModelArguments, PretrainArguments, RecipeRun, RunArguments,
+    SampleGenerationCallback, TrustArguments, blocks_dataset, check_block_size, check_vocab_agreement, cpu_only,
+    guarded, load_model, load_text_corpus, recipe_main, resolve_tokenizer,
 )
 
 RECIPE = "pretrain"  # the name this recipe's runs are recorded under in their output_dir
-DATACLASS_TYPES = (ModelArguments, DataArguments, PretrainArguments, RunArguments, TrustArguments, TrainingArguments)
+DATACLASS_TYPES = (ModelArguments, ArchitectureArguments, DataArguments, PretrainArguments, RunArguments, TrustArguments, TrainingArguments)
 
 DEFAULTS = dict(
     # The embedded default: a small GPT trained from scratch (4 layers, width 128, context 256: the sizes
@@ -51,8 +45,8 @@ DEFAULTS = dict(
 )
 
 
-def main(model_args, data_args, pretrain_args, run_args, trust_args, training_args):
-    resume, push = begin_run(training_args, run_args, RECIPE)
+def main(model_args, architecture, data_args, pretrain_args, run_args, trust_args, training_args):
+    run = RecipeRun(RECIPE, training_args, run_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     corpus = load_text_corpus(data_args, seed=training_args.seed)
@@ -62,7 +56,7 @@ def main(model_args, data_args, pretrain_args, run_args, trust_args, training_ar
     if model_args.tokenizer_name_or_path == "char":
         vocab_texts += list(corpus["test"]["text"])
     tokenizer = resolve_tokenizer(model_args, vocab_texts, bpe_vocab_size=pretrain_args.bpe_vocab_size)
-    model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=trust_args.trust_remote_code)
+    model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=trust_args.trust_remote_code, architecture=architecture)
     # The lean LM-head loss: no full-vocabulary logits in training steps (README, Benchmarks).
     model.use_chunked_lm_loss()
     check_vocab_agreement(model, tokenizer)
@@ -73,7 +67,7 @@ def main(model_args, data_args, pretrain_args, run_args, trust_args, training_ar
     callbacks = []
     if run_args.sample_prompts:
         callbacks.append(SampleGenerationCallback(tokenizer, run_args.sample_prompts, run_args.sample_max_new_tokens))
-    trainer = GuardedTrainer(
+    trainer = guarded(Trainer)(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -82,34 +76,23 @@ def main(model_args, data_args, pretrain_args, run_args, trust_args, training_ar
         data_collator=default_data_collator,
         callbacks=callbacks,
     )
-    if trainer.is_world_process_zero():
-        mark_run(training_args.output_dir, RECIPE, completed=False)
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    metrics = {**train_result.metrics, **trainer.evaluate(), "train_blocks": len(train_dataset), "eval_blocks": len(eval_dataset)}
+    metrics = {**run.train(trainer), **trainer.evaluate(), "train_blocks": len(train_dataset), "eval_blocks": len(eval_dataset)}
 
-    finish_run(
+    name = model_args.model_name_or_path
+    run.finish(
         trainer,
-        recipe=RECIPE,
-        output_dir=training_args.output_dir,
-        push=push,
-        metrics=metrics,
-        card=dict(
-            title=f"GPT pretrained with hf_llm ({model.config.n_layer} layers, width {model.config.n_embd})",
-            summary="A GPT-2-architecture causal language model pretrained with `recipes/pretrain.py`.",
-            base_model=None if model_args.model_name_or_path in ("scratch", None) or model_args.model_name_or_path.startswith("gpt2-") else model_args.model_name_or_path,
-            datasets=[data_args.dataset_name or "hf_llm stdlib-functions (embedded)"],
-            hyperparameters={
-                **hyperparameters(training_args, keys=TRAINING_KEYS),
-                **hyperparameters(pretrain_args),
-                "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "n_head": model.config.n_head,
-                "n_positions": model.config.n_positions, "vocab_size": model.config.vocab_size,
-                "init_scheme": model_args.init_scheme,
-            },
-            tags=["text-generation", "pretraining"],
-            pipeline_tag="text-generation",
-            is_adapter=False,
-            how_to_load=f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\nmodel = AutoModelForCausalLM.from_pretrained("{push["repo_id"]}", trust_remote_code=True)\ntokenizer = AutoTokenizer.from_pretrained("{push["repo_id"]}")\n# or, with hf_llm installed: from hf_llm import GPTForCausalLM; GPTForCausalLM.from_pretrained(...)',
-        ),
+        metrics,
+        task="causal_lm",
+        title=f"GPT pretrained with hf_llm ({model.config.n_layer} layers, width {model.config.n_embd})",
+        summary="A GPT-2-architecture causal language model pretrained with `recipes/pretrain.py`.",
+        base_model=None if name in ("scratch", None) or name.startswith("gpt2-") else name,
+        dataset=data_args.dataset_name or "hf_llm stdlib-functions (embedded)",
+        tags=["text-generation", "pretraining"],
+        hyperparameters={
+            **vars(pretrain_args),
+            **{k: getattr(model.config, k) for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")},
+            "init_scheme": architecture.init_scheme,
+        },
     )
 
 

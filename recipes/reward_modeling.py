@@ -10,28 +10,22 @@ higher. Held-out accuracy is the share of pairs where it does.
 
 from trl import RewardConfig, RewardTrainer
 
-from hf_llm.training.arguments import DataArguments, LoraArguments, ModelArguments, RunArguments
-from hf_llm.training.callbacks import ExactPairMetricsMixin
-from hf_llm.training.datasets import load_preference_data
-from hf_llm.training.defaults import DEFAULT_BASE_MODEL, bf16_available, cpu_only
-from hf_llm.training.outputs import how_to_load
-from hf_llm.training.lora_setup import apply_lora, save_extra
-from hf_llm.training.run import (
-    TRAINING_KEYS, finish_run, begin_run, guarded, hyperparameters, recipe_main,
-)
-from hf_llm.training.setup import (
-    check_vocab_agreement, enforce_length_limit, load_model, mark_run, resolve_tokenizer,
+from hf_llm.training import (
+    DEFAULT_BASE_MODEL, DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, bf16_available,
+    check_vocab_agreement, cpu_only, enforce_length_limit, guarded, load_model, load_preference_data,
+    lora_hyperparameters, peft_config_for, recipe_main, resolve_tokenizer,
 )
 
 RECIPE = "reward_modeling"  # the name this recipe's runs are recorded under in their output_dir
-DATACLASS_TYPES = (ModelArguments, DataArguments, LoraArguments, RunArguments, RewardConfig)
+DATACLASS_TYPES = (ModelArguments, DataArguments, RunArguments, RewardConfig)
 
 DEFAULTS = dict(
     model_name_or_path=DEFAULT_BASE_MODEL,
     bf16=bf16_available(),
     use_cpu=cpu_only(),
     output_dir="outputs/reward_modeling",
-    lora_r=1, lora_alpha=8, lora_dropout=0.4, lora_target_modules=["c_attn"], lora_modules_to_save=["score"],
+    use_peft=True, lora_r=1, lora_alpha=8, lora_dropout=0.4, lora_target_modules=["c_attn"], lora_modules_to_save=["score"],
+    lora_task_type="SEQ_CLS",
     max_length=256,
     too_long="drop",
     num_train_epochs=1,
@@ -51,8 +45,8 @@ DEFAULTS = dict(
 )
 
 
-def main(model_args, data_args, lora_args, run_args, training_args):
-    resume, push = begin_run(training_args, run_args, RECIPE)
+def main(model_args, data_args, run_args, training_args):
+    run = RecipeRun(RECIPE, training_args, run_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     tokenizer = resolve_tokenizer(model_args)
@@ -63,7 +57,6 @@ def main(model_args, data_args, lora_args, run_args, training_args):
         data, tokenizer, model, training_args.max_length, data_args.too_long, [("prompt", "chosen"), ("prompt", "rejected")],
         eos_appended_by_trainer=tokenizer.eos_token,
     )
-    model, peft_config = apply_lora(model, lora_args, task_type="SEQ_CLS")
 
     trainer = guarded(RewardTrainer, ExactPairMetricsMixin)(
         model=model,
@@ -71,38 +64,23 @@ def main(model_args, data_args, lora_args, run_args, training_args):
         train_dataset=data["train"],
         eval_dataset=data["test"],
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=peft_config_for(model, model_args),
     )
-    if trainer.is_world_process_zero():
-        mark_run(training_args.output_dir, RECIPE, completed=False)
     before = trainer.evaluate(metric_key_prefix="eval_initial")
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    metrics = {**train_result.metrics, **trainer.evaluate()}
+    metrics = {**run.train(trainer), **trainer.evaluate()}
     metrics.update({k: v for k, v in before.items() if k in ("eval_initial_loss", "eval_initial_accuracy")})
 
-    finish_run(
+    run.finish(
         trainer,
-        recipe=RECIPE,
-        output_dir=training_args.output_dir,
-        push=push,
-        metrics=metrics,
-        trainer_saves=not (lora_args.use_lora and lora_args.lora_backend == "hf_llm"),
-        language_model=False,  # a pairwise loss: its exponential is no perplexity
-        save_model=lambda out: save_extra(
-            trainer.model, tokenizer, out, lora_args, merge=run_args.merge_adapter, task_type="SEQ_CLS"
-        ),
-        card=dict(
-            title="Reward model trained with hf_llm",
-            summary="A GPT-2-architecture reward model (`score` head on the last token) trained with pairwise loss "
-            "by `recipes/reward_modeling.py` (TRL RewardTrainer), LoRA on the backbone and the score head trained in full.",
-            base_model=model_args.model_name_or_path,
-            datasets=[data_args.dataset_name or "hf_llm stdlib-preferences (embedded)"],
-            hyperparameters={**hyperparameters(training_args, keys=TRAINING_KEYS), **hyperparameters(lora_args)},
-            tags=["reward-model", "trl", "lora", "peft"],
-            pipeline_tag="text-classification",
-            is_adapter=lora_args.use_lora,
-            how_to_load=how_to_load(push["repo_id"], model_args.model_name_or_path, task="reward", is_adapter=lora_args.use_lora),
-        ),
+        metrics,
+        task="reward",  # a pairwise loss: its exponential is no perplexity
+        title="Reward model trained with hf_llm",
+        summary="A GPT-2-architecture reward model (`score` head on the last token) trained with pairwise loss "
+        "by `recipes/reward_modeling.py` (TRL RewardTrainer), LoRA on the backbone and the score head trained in full.",
+        base_model=model_args.model_name_or_path,
+        dataset=data_args.dataset_name or "hf_llm stdlib-preferences (embedded)",
+        tags=["reward-model", "trl", "lora", "peft"],
+        hyperparameters=lora_hyperparameters(model_args),
     )
 
 

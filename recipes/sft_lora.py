@@ -1,4 +1,4 @@
-"""Supervised fine-tuning with LoRA: TRL's SFTTrainer and a PEFT (or hf_llm.lora) adapter on a GPT.
+"""Supervised fine-tuning with LoRA: TRL's SFTTrainer and a PEFT adapter on a GPT.
 
     accelerate launch recipes/sft_lora.py                          # embedded default: offline, minutes on a laptop
     accelerate launch recipes/sft_lora.py --config recipes/configs/sft_lora_alpaca.yaml
@@ -11,28 +11,21 @@ and without it (the base model), and a few held-out answers are generated both w
 
 from trl import SFTConfig, SFTTrainer
 
-from hf_llm.training.arguments import DataArguments, LoraArguments, ModelArguments, RunArguments
-from hf_llm.training.compare import compare_answers
-from hf_llm.training.datasets import load_sft_data
-from hf_llm.training.defaults import DEFAULT_BASE_MODEL, bf16_available, cpu_only
-from hf_llm.training.outputs import how_to_load
-from hf_llm.training.lora_setup import adapter_disabled, apply_lora, save_extra
-from hf_llm.training.run import (
-    TRAINING_KEYS, finish_run, begin_run, guarded, hyperparameters, recipe_main,
-)
-from hf_llm.training.setup import (
-    check_vocab_agreement, enforce_length_limit, load_model, mark_run, resolve_tokenizer,
+from hf_llm.training import (
+    DEFAULT_BASE_MODEL, DataArguments, ModelArguments, RecipeRun, RunArguments, adapter_disabled, bf16_available,
+    check_vocab_agreement, compare_answers, cpu_only, enforce_length_limit, guarded, load_model, load_sft_data,
+    lora_hyperparameters, peft_config_for, recipe_main, resolve_tokenizer,
 )
 
 RECIPE = "sft_lora"  # the name this recipe's runs are recorded under in their output_dir
-DATACLASS_TYPES = (ModelArguments, DataArguments, LoraArguments, RunArguments, SFTConfig)
+DATACLASS_TYPES = (ModelArguments, DataArguments, RunArguments, SFTConfig)
 
 DEFAULTS = dict(
     model_name_or_path=DEFAULT_BASE_MODEL,
     bf16=bf16_available(),
     use_cpu=cpu_only(),
     output_dir="outputs/sft_lora",
-    lora_r=4, lora_alpha=32, lora_dropout=0.1, lora_target_modules=["c_attn"],
+    use_peft=True, lora_r=4, lora_alpha=32, lora_dropout=0.1, lora_target_modules=["c_attn"], lora_task_type="CAUSAL_LM",
     max_length=256,
     num_train_epochs=1,
     max_steps=150,
@@ -55,8 +48,8 @@ DEFAULTS = dict(
 )
 
 
-def main(model_args, data_args, lora_args, run_args, training_args):
-    resume, push = begin_run(training_args, run_args, RECIPE)
+def main(model_args, data_args, run_args, training_args):
+    run = RecipeRun(RECIPE, training_args, run_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     tokenizer = resolve_tokenizer(model_args)
@@ -67,7 +60,6 @@ def main(model_args, data_args, lora_args, run_args, training_args):
         data, tokenizer, model, training_args.max_length, data_args.too_long, [("prompt", "completion")],
         truncatable_after="prompt",
     )
-    model, peft_config = apply_lora(model, lora_args, task_type="CAUSAL_LM")
 
     trainer = guarded(SFTTrainer)(
         model=model,
@@ -75,42 +67,26 @@ def main(model_args, data_args, lora_args, run_args, training_args):
         train_dataset=data["train"],
         eval_dataset=data["test"],
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=peft_config_for(model, model_args),
     )
-    if trainer.is_world_process_zero():
-        mark_run(training_args.output_dir, RECIPE, completed=False)
-    train_result = trainer.train(resume_from_checkpoint=resume)
-
-    metrics = {**train_result.metrics, **trainer.evaluate()}
-    with adapter_disabled(trainer.model, lora_args) as disabled:
+    metrics = {**run.train(trainer), **trainer.evaluate()}
+    with adapter_disabled(trainer.model) as disabled:
         if disabled:  # the base model's held-out loss: the before of the tutorial's before/after
             base = trainer.evaluate(metric_key_prefix="eval_base")
             metrics.update({k: v for k, v in base.items() if k.endswith("_loss")})
     if trainer.is_world_process_zero():
-        metrics["answers"] = compare_answers(
-            trainer.model, tokenizer, data["test"]["prompt"][:3], lora_args, training_args.output_dir, run_args.sample_max_new_tokens
-        )
+        compare_answers(trainer.model, tokenizer, data["test"]["prompt"][:3], training_args.output_dir, run_args.sample_max_new_tokens)
 
-    finish_run(
+    run.finish(
         trainer,
-        recipe=RECIPE,
-        output_dir=training_args.output_dir,
-        push=push,
-        metrics={k: v for k, v in metrics.items() if k != "answers"},
-        trainer_saves=not (lora_args.use_lora and lora_args.lora_backend == "hf_llm"),
-        save_model=lambda out: save_extra(trainer.model, tokenizer, out, lora_args, merge=run_args.merge_adapter),
-        card=dict(
-            title="LoRA adapter fine-tuned with hf_llm",
-            summary="A LoRA adapter trained by supervised fine-tuning (`recipes/sft_lora.py`, TRL SFTTrainer); "
-            "the loss counts response tokens only.",
-            base_model=model_args.model_name_or_path,
-            datasets=[data_args.dataset_name or "hf_llm stdlib-instructions (embedded)"],
-            hyperparameters={**hyperparameters(training_args, keys=TRAINING_KEYS), **hyperparameters(lora_args)},
-            tags=["lora", "sft", "trl", "peft"],
-            pipeline_tag="text-generation",
-            is_adapter=lora_args.use_lora,
-            how_to_load=how_to_load(push["repo_id"], model_args.model_name_or_path, task="causal_lm", is_adapter=lora_args.use_lora),
-        ),
+        metrics,
+        task="causal_lm",
+        title="LoRA adapter fine-tuned with hf_llm" if model_args.use_peft else "GPT fine-tuned with hf_llm",
+        summary="Supervised fine-tuning (`recipes/sft_lora.py`, TRL SFTTrainer); the loss counts response tokens only.",
+        base_model=model_args.model_name_or_path,
+        dataset=data_args.dataset_name or "hf_llm stdlib-instructions (embedded)",
+        tags=["lora", "sft", "trl", "peft"] if model_args.use_peft else ["sft", "trl"],
+        hyperparameters=lora_hyperparameters(model_args),
     )
 
 

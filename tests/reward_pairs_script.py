@@ -7,11 +7,11 @@ import torch
 from datasets import Dataset
 from trl import RewardConfig, RewardTrainer
 
-from hf_llm.training.arguments import ModelArguments
-from hf_llm.training.callbacks import ExactPairMetricsMixin
-from hf_llm.training.defaults import DEFAULT_BASE_MODEL
-from hf_llm.training.run import guarded
-from hf_llm.training.setup import load_model, resolve_tokenizer
+from hf_llm.training import ModelArguments
+from hf_llm.training import ExactPairMetricsMixin
+from hf_llm.training import DEFAULT_BASE_MODEL
+from hf_llm.training import guarded
+from hf_llm.training import load_model, resolve_tokenizer
 
 
 def pairs() -> Dataset:

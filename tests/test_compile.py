@@ -12,7 +12,7 @@ from transformers import GenerationConfig
 
 from hf_llm import GPTConfig, GPTForCausalLM
 from hf_llm.training.generation import cache_settings, decoding_compile_config
-from hf_llm.training.setup import RecipeError
+from hf_llm.training import RecipeError
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None,

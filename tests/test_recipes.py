@@ -26,14 +26,14 @@ def run_recipe(name: str, *args: str):
 
 
 def outputs(folder: Path) -> dict:
-    metrics = json.loads((folder / "metrics.json").read_text())
-    history = json.loads((folder / "log_history.json").read_text())["log_history"]
+    metrics = json.loads((folder / "all_results.json").read_text())
+    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
     losses = [e["loss"] for e in history if "loss" in e]
     return {"metrics": metrics, "losses": losses}
 
 
 def assert_standard_outputs(folder: Path, adapter: bool):
-    for name in ["metrics.json", "log_history.json", "loss_curve.png", "README.md", "hf_llm_run.json", "tokenizer_config.json"]:
+    for name in ["all_results.json", "trainer_state.json", "loss_curve.png", "README.md", "hf_llm_run.json", "tokenizer_config.json"]:
         assert (folder / name).is_file(), name
     if adapter:
         assert (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
@@ -163,13 +163,12 @@ def test_sft_lora_embedded_default(tmp_path):
     assert_adapter_card_loads_the_saved_adapter(out)
 
 
-@pytest.mark.parametrize("backend", ["peft", "hf_llm"])
-def test_sft_lora_on_shared_instruction_data(tmp_path, shared_data, backend):
-    out = tmp_path / backend
+def test_sft_lora_on_shared_instruction_data(tmp_path, shared_data):
+    out = tmp_path / "sft"
     run_recipe(
         "sft_lora", "--output_dir", str(out), "--dataset_name", str(shared_data / "raw" / "instruction-data.json"),
         "--max_steps", "10", "--max_train_samples", "80", "--max_eval_samples", "16", "--learning_rate", "3e-3",
-        "--lora_backend", backend, "--sample_max_new_tokens", "4", "--merge_adapter", "true", *FAST,
+        "--sample_max_new_tokens", "4", "--merge_adapter", "true", *FAST,
     )
     assert_standard_outputs(out, adapter=True)
     # --merge_adapter: a full model with the adapter folded in, loadable without PEFT.
@@ -178,7 +177,7 @@ def test_sft_lora_on_shared_instruction_data(tmp_path, shared_data, backend):
     import torch
     from peft import PeftModel
 
-    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
+    from hf_llm.training import DEFAULT_BASE_MODEL
 
     merged = GPTForCausalLM.from_pretrained(out / "merged").eval()
     assert not any("lora" in name for name, _ in merged.named_parameters())
@@ -204,20 +203,19 @@ def test_reward_modeling_embedded_default(tmp_path):
     assert_adapter_card_loads_the_saved_adapter(out)
 
 
-@pytest.mark.parametrize("backend", ["peft", "hf_llm"])
-def test_reward_adapter_folder_reproduces_the_trained_model(tmp_path, backend):
+def test_reward_adapter_folder_reproduces_the_trained_model(tmp_path):
     """The saved adapter (LoRA + the score head trained in full) loads with PEFT onto the base model and
-    scores exactly as the merged model does, whichever LoRA backend trained it."""
+    scores exactly as the merged model does."""
     import torch
     from peft import PeftModel
 
     from hf_llm import GPTForSequenceClassification
-    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
+    from hf_llm.training import DEFAULT_BASE_MODEL
 
-    out = tmp_path / backend
+    out = tmp_path / "rm"
     run_recipe(
         "reward_modeling", "--output_dir", str(out), "--max_steps", "4", "--max_eval_samples", "8",
-        "--learning_rate", "3e-3", "--lora_backend", backend, "--merge_adapter", "true", *FAST,
+        "--learning_rate", "3e-3", "--merge_adapter", "true", *FAST,
     )
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]
@@ -335,19 +333,6 @@ def test_unknown_yaml_key_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_lora_backends_give_the_same_losses(tmp_path):
-    """sft_lora with --lora_backend hf_llm and peft: same seed, same losses over 10 steps."""
-    losses = {}
-    for backend in ("peft", "hf_llm"):
-        out = tmp_path / backend
-        run_recipe("sft_lora", "--output_dir", str(out), "--lora_backend", backend, "--max_steps", "10",
-                   "--max_eval_samples", "4", "--sample_max_new_tokens", "2", "--seed", "3", *FAST)
-        losses[backend] = outputs(out)["losses"]
-    assert len(losses["peft"]) == len(losses["hf_llm"]) == 10
-    for a, b in zip(losses["peft"], losses["hf_llm"]):
-        assert abs(a - b) < 1e-5, (losses["peft"], losses["hf_llm"])
-
-
 def test_card_snippets_name_no_local_path_and_fit_the_kind_of_output(tmp_path):
     from hf_llm.training.outputs import describe_base_model, how_to_load
 
@@ -387,10 +372,9 @@ def test_reward_eval_accuracy_and_margin_count_pairs_not_batches(tmp_path):
 
 def test_answers_to_a_prompt_longer_than_the_context_keep_its_end(tmp_path):
     from hf_llm import GPTConfig, GPTForCausalLM
-    from hf_llm.tokenizers import load_tokenizer
-    from hf_llm.training.arguments import LoraArguments
-    from hf_llm.training.compare import compare_answers
-    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
+    from hf_llm.tokenization import load_tokenizer
+    from hf_llm.training import compare_answers
+    from hf_llm.training import DEFAULT_BASE_MODEL
 
     tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
     model = GPTForCausalLM(GPTConfig(n_embd=16, n_layer=1, n_head=2, n_positions=32, vocab_size=len(tokenizer)))
@@ -399,6 +383,6 @@ def test_answers_to_a_prompt_longer_than_the_context_keep_its_end(tmp_path):
     assert len(ids) > 32
     seen = []
     model.generate = lambda input_ids, **kwargs: seen.append(input_ids) or input_ids
-    compare_answers(model, tokenizer, [prompt], LoraArguments(use_lora=False), tmp_path, max_new_tokens=4)
+    compare_answers(model, tokenizer, [prompt], tmp_path, max_new_tokens=4)
     assert seen[0][0].tolist() == ids[-31:]
     assert json.loads((tmp_path / "answers.jsonl").read_text())["prompt"] == prompt

@@ -133,7 +133,7 @@ def test_output_dir_of_another_run_is_refused_unless_overwrite(tmp_path, capsys)
 
 
 def test_unfinished_run_of_another_recipe_is_refused_not_resumed(tmp_path, capsys):
-    from hf_llm.training.setup import RUN_FILE
+    from hf_llm.training.output_dir import RUN_FILE
 
     out = tmp_path / "out"
     (out / "checkpoint-5").mkdir(parents=True)
@@ -173,7 +173,7 @@ def test_pickle_checkpoint_refused_unless_allowed(tmp_path, capsys):
     (folder / "model.safetensors").unlink()
     torch.save(state, folder / "pytorch_model.bin")
     from hf_llm.training.arguments import ModelArguments
-    from hf_llm.training.setup import RecipeError, load_model
+    from hf_llm.training import RecipeError, load_model
 
     with pytest.raises(RecipeError, match="allow_pickle_checkpoints"):
         load_model(ModelArguments(model_name_or_path=str(folder)))
@@ -228,7 +228,7 @@ def test_no_secret_in_any_output_or_push(tmp_path, monkeypatch):
     files = uploaded["files"]
     # Exactly the finished adapter, tokenizer, card and run records go up; no checkpoints, logs or pickles.
     expected = {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer_config.json", "tokenizer.json",
-                "metrics.json", "log_history.json", "loss_curve.png", "answers.jsonl", "hf_llm_run.json"}
+                "all_results.json", "trainer_state.json", "loss_curve.png", "answers.jsonl", "hf_llm_run.json"}
     assert expected <= set(files), set(files)
     assert not any(name.startswith(("checkpoint-", "runs/")) or name.endswith((".bin", ".pt")) for name in files), set(files)
     assert "someone/stdlib-sft" in files["README.md"].decode()
@@ -275,10 +275,8 @@ def _run(recipe, out, wait_for=None, extra=()):
     [
         ("pretrain", [], "model.safetensors"),
         ("sft_lora", [], "adapter_model.safetensors"),
-        # hf_llm.lora checkpoints the whole model, adapters injected: resume reads it with load_state_dict
-        ("sft_lora", ["--lora_backend", "hf_llm"], "adapter_model.safetensors"),
     ],
-    ids=["pretrain", "sft_lora", "sft_lora-hf_llm"],
+    ids=["pretrain", "sft_lora"],
 )
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, recipe, extra, weights):
     reference = tmp_path / "reference"
@@ -307,8 +305,8 @@ def _length_setup(limit):
 
     from datasets import Dataset, DatasetDict
 
-    from hf_llm.tokenizers import load_tokenizer
-    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
+    from hf_llm.tokenization import load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL
 
     tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
     model = SimpleNamespace(config=SimpleNamespace(n_positions=limit))
@@ -320,7 +318,7 @@ def _n_tokens(tokenizer, text):
 
 
 def test_sft_too_long_drop_removes_rows_and_truncate_drops_only_rows_with_no_room_for_the_response():
-    from hf_llm.training.setup import enforce_length_limit
+    from hf_llm.training import enforce_length_limit
 
     tokenizer, model, Dataset, DatasetDict = _length_setup(limit=24)
     eos = tokenizer.eos_token
@@ -340,7 +338,7 @@ def test_sft_too_long_drop_removes_rows_and_truncate_drops_only_rows_with_no_roo
 
 
 def test_reward_length_check_counts_the_eos_the_trainer_appends_and_drops_whole_pairs():
-    from hf_llm.training.setup import RecipeError, enforce_length_limit
+    from hf_llm.training import RecipeError, enforce_length_limit
 
     tokenizer, model, Dataset, DatasetDict = _length_setup(limit=64)
     prompt, short, long = "Which is better?\n", "yes", "no, " * 30

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from hf_llm.tokenization_char import CharTokenizer, UnknownCharacterError
-from hf_llm.tokenizers import load_gpt2_tokenizer, train_bpe_tokenizer
+from hf_llm.tokenization import load_gpt2_tokenizer, train_bpe_tokenizer
 
 EOT = "<|endoftext|>"
 UNK = "<unk>"

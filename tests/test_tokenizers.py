@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from hf_llm.tokenization_char import CharTokenizer, UnknownCharacterError
-from hf_llm.tokenizers import (
+from hf_llm.tokenization import (
     build_char_tokenizer,
     load_gpt2_tokenizer,
     load_tokenizer,

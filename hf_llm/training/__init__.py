@@ -1,1 +1,68 @@
-"""Shared machinery of the recipes: arguments, data, model setup, callbacks and run outputs."""
+"""What the recipes are made of, in one place: argument groups, data, model loading and the run.
+
+A recipe reads top to bottom as "parse, load data, load tokenizer, load model, train, finish", with
+TRL's and transformers' trainers doing the training and `RecipeRun` everything around it.
+"""
+
+from .adapters import adapter_disabled, peft_config_for
+from .arguments import (
+    DEFAULT_BASE_MODEL,
+    ArchitectureArguments,
+    DataArguments,
+    GenerateArguments,
+    ModelArguments,
+    PretrainArguments,
+    RunArguments,
+    TrustArguments,
+    bf16_available,
+    cpu_only,
+)
+from .callbacks import ExactPairMetricsMixin, SampleGenerationCallback, guarded
+from .compare import compare_answers
+from .errors import RecipeError
+from .generation import generate_text, load_for_generation, resolve_prompt
+from .loading import check_vocab_agreement, load_model, resolve_tokenizer
+from .recipe_data import (
+    blocks_dataset,
+    check_block_size,
+    enforce_length_limit,
+    load_preference_data,
+    load_sft_data,
+    load_text_corpus,
+)
+from .run import RecipeRun, lora_hyperparameters, recipe_main
+
+__all__ = [
+    "DEFAULT_BASE_MODEL",
+    "ArchitectureArguments",
+    "DataArguments",
+    "ExactPairMetricsMixin",
+    "GenerateArguments",
+    "ModelArguments",
+    "PretrainArguments",
+    "RecipeError",
+    "RecipeRun",
+    "RunArguments",
+    "SampleGenerationCallback",
+    "TrustArguments",
+    "adapter_disabled",
+    "bf16_available",
+    "blocks_dataset",
+    "check_block_size",
+    "check_vocab_agreement",
+    "compare_answers",
+    "cpu_only",
+    "enforce_length_limit",
+    "generate_text",
+    "guarded",
+    "load_for_generation",
+    "load_model",
+    "load_preference_data",
+    "load_sft_data",
+    "load_text_corpus",
+    "lora_hyperparameters",
+    "peft_config_for",
+    "recipe_main",
+    "resolve_prompt",
+    "resolve_tokenizer",
+]

@@ -5,11 +5,35 @@ Every field is a command-line flag (`--model_name_or_path ...`) and a key of the
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig
+
+# The embedded default base model: a small GPT pretrained on the standard library's own code, shipped
+# with hf_llm. Built by recipes/pretrain.py with its defaults; its model card has the exact command.
+DEFAULT_BASE_MODEL = str(Path(__file__).resolve().parent.parent / "assets" / "stdlib-gpt")
+
+
+def bf16_available() -> bool:
+    """bf16 mixed precision by default only where a GPU supports it (TRL's configs default to bf16)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def cpu_only() -> bool:
+    """No GPU (or Apple GPU) here: train on the CPU. Under a multi-process launch this also makes the
+    Trainer run DDP over gloo on the CPU, instead of each process training alone."""
+    import torch
+
+    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 @dataclass
-class ModelArguments:
-    """Which model to start from, and how to load it."""
+class ModelArguments(ModelConfig):
+    """Which model to start from and how to load it: TRL's `ModelConfig` (model, dtype, attention,
+    and the PEFT LoRA settings `--use_peft`, `--lora_r`, ... that `trl.get_peft_config` reads), plus
+    the tokenizer and the pickle policy."""
 
     model_name_or_path: str | None = field(
         default=None,
@@ -19,32 +43,42 @@ class ModelArguments:
             "(sizes from --n_layer/--n_embd/--n_head/--n_positions). Default: the recipe's embedded default."
         },
     )
+    dtype: str | None = field(
+        default=None, metadata={"help": "Weights dtype to load in: float32, bfloat16, float16, auto (default: the checkpoint's)."}
+    )
     tokenizer_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Tokenizer folder or Hub name; default: the model's own. Pretraining also takes 'char' or 'bpe' "
                   "(build one from the training corpus)."},
     )
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "eager, sdpa, flash_attention_2 or flex_attention (default: transformers' choice)."}
-    )
-    dtype: str | None = field(default=None, metadata={"help": "Weights dtype to load in: float32, bfloat16, float16, auto."})
     allow_pickle_checkpoints: bool = field(
         default=False,
         metadata={"help": "Accept .bin/.pt (pickle) weights; they are then read with torch.load(weights_only=True). "
                   "By default only safetensors are read."},
     )
-    # Sizes for training from scratch (model_name_or_path='scratch' or a preset to override).
-    n_layer: int | None = field(default=None, metadata={"help": "Number of blocks, for a model trained from scratch."})
-    n_embd: int | None = field(default=None, metadata={"help": "Width, for a model trained from scratch."})
-    n_head: int | None = field(default=None, metadata={"help": "Attention heads, for a model trained from scratch."})
-    n_positions: int | None = field(default=None, metadata={"help": "Context length, for a model trained from scratch."})
-    dropout: float | None = field(default=None, metadata={"help": "Sets resid/embd/attn dropout, for a model trained from scratch."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        # TRL turns a one-element list into a string; PEFT takes either, our target check takes a list.
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [self.lora_target_modules]
+
+
+@dataclass
+class ArchitectureArguments:
+    """The sizes and initialisation of a model trained from scratch (`--model_name_or_path scratch` or a preset)."""
+
+    n_layer: int | None = field(default=None, metadata={"help": "Number of blocks."})
+    n_embd: int | None = field(default=None, metadata={"help": "Width."})
+    n_head: int | None = field(default=None, metadata={"help": "Attention heads."})
+    n_positions: int | None = field(default=None, metadata={"help": "Context length."})
+    dropout: float | None = field(default=None, metadata={"help": "Sets resid/embd/attn dropout."})
     init_scheme: str = field(
         default="gpt2",
-        metadata={"help": "Initialisation of a model trained from scratch: 'gpt2' (N(0, 0.02), transformers' GPT-2) "
-                  "or 'pytorch' (PyTorch's layer defaults, as the from-scratch book's GPTModel)."},
+        metadata={"help": "'gpt2' (N(0, 0.02), transformers' GPT-2) or 'pytorch' (PyTorch's layer defaults, as the "
+                  "from-scratch book's GPTModel)."},
     )
-    tie_word_embeddings: bool = field(default=True, metadata={"help": "Tie the LM head to the token embedding (from scratch)."})
+    tie_word_embeddings: bool = field(default=True, metadata={"help": "Tie the LM head to the token embedding."})
 
 
 @dataclass
@@ -71,21 +105,6 @@ class DataArguments:
     too_long: str = field(
         default="truncate",
         metadata={"help": "Rows longer than the model's context: 'truncate' (SFT: cut to the limit; rows whose prompt alone fills it are dropped) or 'drop' (with a warning), or 'refuse' (an error naming the rows). Reward modelling drops or refuses; it cannot truncate a pair."},
-    )
-
-
-@dataclass
-class LoraArguments:
-    """LoRA adapter settings (PEFT names)."""
-
-    use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter instead of all weights."})
-    lora_backend: str = field(default="peft", metadata={"help": "'peft' or 'hf_llm' (hf_llm.lora, PEFT-compatible files)."})
-    lora_r: int = field(default=4, metadata={"help": "LoRA rank."})
-    lora_alpha: float = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] = field(default_factory=lambda: ["c_attn"], metadata={"help": "Modules to adapt."})
-    lora_modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Modules trained in full next to the adapter (e.g. score)."}
     )
 
 

@@ -1,4 +1,4 @@
-"""Trainer callbacks and a loss guard shared by the recipes."""
+"""What the recipes add to the Trainer: the non-finite-loss guard, exact pair metrics for reward models, samples at each evaluation."""
 
 import json
 import math
@@ -6,6 +6,10 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+
+from .errors import RecipeError
+from .generation import greedy_continuation
+from .output_dir import last_complete_checkpoint
 
 
 class NonFiniteLossError(RuntimeError):
@@ -24,7 +28,7 @@ class LossGuardMixin:
         loss = result[0] if isinstance(result, tuple) else result
         if model.training and not torch.isfinite(loss.detach()).all():
             step = self.state.global_step + 1
-            last = _last_checkpoint(self.args.output_dir)
+            last = last_complete_checkpoint(self.args.output_dir)
             raise NonFiniteLossError(
                 f"Non-finite loss ({loss.detach().float().mean().item()}) at training step {step}. Training stopped "
                 f"before updating the weights; "
@@ -70,17 +74,10 @@ class ExactPairMetricsMixin:
         return super().log(logs, start_time)
 
 
-def _last_checkpoint(output_dir) -> str | None:
-    folders = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-    return str(folders[-1]) if folders else None
-
-
 class SampleGenerationCallback(TrainerCallback):
-    """Generate from fixed prompts at each evaluation, print the samples and append them to samples.jsonl."""
+    """Continue fixed prompts greedily at each evaluation; print the samples and append them to samples.jsonl."""
 
-    def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 64, do_sample: bool = False):
-        from .setup import RecipeError
-
+    def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 64):
         self.tokenizer = tokenizer
         self.prompts = list(prompts)
         for prompt in self.prompts:  # fail now, not at the first evaluation mid-run
@@ -89,38 +86,23 @@ class SampleGenerationCallback(TrainerCallback):
             except ValueError as err:
                 raise RecipeError(f"--sample_prompts {prompt!r} cannot be tokenized: {err} Pass prompts written with the corpus's characters.") from None
         self.max_new_tokens = max_new_tokens
-        self.do_sample = do_sample
-
-    def samples(self, model) -> list[dict]:
-        was_training = model.training
-        model.eval()
-        out = []
-        device = next(model.parameters()).device
-        limit = getattr(model.config, "n_positions", None)
-        for prompt in self.prompts:
-            ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-            new_tokens = self.max_new_tokens if limit is None else max(0, min(self.max_new_tokens, limit - ids.shape[1]))
-            with torch.no_grad():
-                generated = model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=new_tokens,
-                    do_sample=self.do_sample,
-                    pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
-                )
-            out.append({"prompt": prompt, "completion": self.tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)})
-        if was_training:
-            model.train()
-        return out
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if model is None or not state.is_world_process_zero or not self.prompts:
             return
-        samples = self.samples(model)
+        was_training = model.training
+        model.eval()
         with open(Path(args.output_dir) / "samples.jsonl", "a") as handle:
-            for sample in samples:
-                handle.write(json.dumps({"step": state.global_step, **sample}) + "\n")
-                print(f"\n[step {state.global_step}] {sample['prompt']!r} -> {sample['completion']!r}")
+            for prompt in self.prompts:
+                completion = greedy_continuation(model, self.tokenizer, prompt, self.max_new_tokens)
+                handle.write(json.dumps({"step": state.global_step, "prompt": prompt, "completion": completion}) + "\n")
+                print(f"\n[step {state.global_step}] {prompt!r} -> {completion!r}")
+        model.train(was_training)
+
+
+def guarded(trainer_class, *mixins):
+    """`trainer_class` with the non-finite-loss guard (and any further `mixins`) mixed in."""
+    return type(f"Guarded{trainer_class.__name__}", (LossGuardMixin, *mixins, trainer_class), {})
 
 
 def perplexity(loss: float | None) -> float | None:

@@ -8,7 +8,8 @@ import torch
 from transformers import CompileConfig, GenerationConfig, TextStreamer
 
 from ..models.gpt import GPTForCausalLM
-from .setup import RecipeError, check_weights_are_safe, from_pretrained_or_refuse, resolve_tokenizer
+from .errors import RecipeError
+from .loading import check_weights_are_safe, from_pretrained_or_refuse, resolve_tokenizer
 
 
 def _device(name: str | None) -> torch.device:
@@ -105,6 +106,24 @@ def read_prompt(prompt: str | None, default: str) -> str:
         if prompt == "-":
             raise RecipeError("--prompt - reads the prompt from standard input, but it was empty.")
     return default if prompt is None else prompt
+
+
+def greedy_continuation(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """The model's greedy continuation of `prompt`, kept within its context.
+
+    A prompt longer than the context loses its start, not its end (the end is where an answer
+    begins); at least one token is generated.
+    """
+    device = next(model.parameters()).device
+    limit = model.config.n_positions
+    ids = tokenizer(prompt, return_tensors="pt").input_ids[:, -(limit - 1) :].to(device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max(1, min(max_new_tokens, limit - ids.shape[1])),
+            do_sample=False, pad_token_id=pad_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def generate_text(model, tokenizer, prompt: str, gen_args) -> list[str]:

@@ -74,19 +74,12 @@ def write_json(data: dict, path) -> Path:
     return Path(path)
 
 
-def _yaml_list(name: str, values) -> str:
-    values = [v for v in values if v]
-    if not values:
-        return ""
-    return f"{name}:\n" + "".join(f"- {v}\n" for v in values)
-
-
 def _is_local(base_model: str | None) -> bool:
     return bool(base_model) and Path(base_model).expanduser().exists()
 
 
 def _is_packaged_default(base_model: str | None) -> bool:
-    from .defaults import DEFAULT_BASE_MODEL
+    from .arguments import DEFAULT_BASE_MODEL
 
     return _is_local(base_model) and Path(base_model).resolve() == Path(DEFAULT_BASE_MODEL).resolve()
 
@@ -129,7 +122,7 @@ def how_to_load(repo_id: str, base_model: str | None, *, task: str, is_adapter: 
     ours = "GPTForSequenceClassification" if reward else "GPTForCausalLM"
     if _is_packaged_default(base_model):
         base_lines = (
-            f"from hf_llm import {ours}\nfrom hf_llm.training.defaults import DEFAULT_BASE_MODEL\n\n"
+            f"from hf_llm import {ours}\nfrom hf_llm.training import DEFAULT_BASE_MODEL\n\n"
             f"base = {ours}.from_pretrained(DEFAULT_BASE_MODEL{extra})"
         )
     else:
@@ -139,6 +132,9 @@ def how_to_load(repo_id: str, base_model: str | None, *, task: str, is_adapter: 
             f'base = {ours}.from_pretrained("path/to/{Path(base_model).name}"{extra})'
         )
     return f"from peft import PeftModel{tokenizer_import}\n{base_lines}\nmodel = PeftModel.from_pretrained(base, \"{repo_id}\"){tokenizer}"
+
+
+PIPELINE_TAGS = {"causal_lm": "text-generation", "reward": "text-classification"}
 
 
 def write_model_card(
@@ -151,28 +147,34 @@ def write_model_card(
     hyperparameters: dict,
     results: dict,
     tags: list[str],
-    pipeline_tag: str,
+    task: str,
     is_adapter: bool,
     how_to_load: str,
-    notes: str = "",
+    model_name: str,
 ) -> Path:
-    """Write `README.md`, a Hub model card: YAML metadata, then what the model is and how it was made."""
-    import transformers
-
-    header = "---\n"
-    header += f"library_name: {'peft' if is_adapter else 'transformers'}\n"
-    if base_model and not _is_local(base_model):  # the Hub's metadata takes a repo id, not a path
-        header += f"base_model: {base_model}\n"
-    header += _yaml_list("datasets", datasets)
-    header += _yaml_list("tags", ["hf_llm", "gpt2", *tags])
-    header += f"pipeline_tag: {pipeline_tag}\n---\n\n"
-
-    hyper_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(redact(hyperparameters).items()) if v is not None)
-    result_rows = "\n".join(
-        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(results.items())
-    )
+    """Write `README.md`, a Hub model card (huggingface_hub's `ModelCard`): metadata with the held-out
+    results as `model-index`, then what the model is, how to load it and how it was made."""
     import torch
+    import transformers
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    pipeline_tag = PIPELINE_TAGS[task]
+    eval_results = [
+        EvalResult(task_type=pipeline_tag, dataset_type=datasets[0], dataset_name=datasets[0], metric_type=name,
+                   metric_value=value)
+        for name, value in sorted(results.items())
+        if name.startswith("eval_") and isinstance(value, (int, float)) and datasets
+        and not any(part in name for part in ("runtime", "per_second", "num_tokens"))  # timings are no results
+    ]
+    data = ModelCardData(
+        library_name="peft" if is_adapter else "transformers",
+        base_model=base_model if base_model and not _is_local(base_model) else None,  # the Hub takes a repo id, not a path
+        datasets=datasets or None,
+        tags=["hf_llm", "gpt2", *tags],
+        pipeline_tag=pipeline_tag,
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
     versions = f"transformers {transformers.__version__}, torch {torch.__version__}"
     try:
         import peft
@@ -181,6 +183,10 @@ def write_model_card(
         versions += f", peft {peft.__version__}, trl {trl.__version__}"
     except ImportError:
         pass
+    result_rows = "\n".join(
+        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(results.items())
+    )
+    hyper_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(redact(hyperparameters).items()) if v is not None)
     body = f"""# {title}
 
 {summary}
@@ -206,14 +212,12 @@ def write_model_card(
 |---|---|
 {hyper_rows}
 
-{notes}
-
 ## Framework versions
 
 hf_llm, {versions}
 """
     path = Path(output_dir) / "README.md"
-    path.write_text(header + body)
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}").save(path)
     return path
 
 

@@ -1,19 +1,27 @@
-"""The parts of a recipe run that every recipe shares: parsing, the guarded trainers, finishing."""
+"""A recipe run from flags to finished folder: parsing, and `RecipeRun`, which owns everything around
+training (output folder, resume, run record, metrics and state, loss plot, model card, the one push)."""
 
-import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 
 import transformers
-from transformers import Trainer
+from transformers import TrainerCallback
 
-from .callbacks import LossGuardMixin, perplexity
-from .outputs import known_secrets, push_folder, redact, write_json, write_loss_curve, write_model_card
-from .setup import RecipeError, mark_run
+from .callbacks import NonFiniteLossError, perplexity
+from .errors import RecipeError
+from .output_dir import mark_run, prepare_output_dir
+from .outputs import how_to_load, known_secrets, push_folder, redact, write_loss_curve, write_model_card
 
 logger = logging.getLogger("hf_llm")
+
+# The TrainingArguments a model card lists (with the recipe's own groups).
+TRAINING_KEYS = (
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2",
+    "max_grad_norm", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "seed", "bf16", "fp16", "gradient_checkpointing", "max_length", "completion_only_loss",
+)
+LORA_KEYS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save")
 
 
 def parse_recipe_args(dataclass_types, defaults: dict, argv=None):
@@ -34,123 +42,125 @@ def parse_recipe_args(dataclass_types, defaults: dict, argv=None):
         raise RecipeError(f"{err}{hint}") from None
 
 
-def setup_logging(training_args):
+def recipe_main(main, dataclass_types, defaults: dict, argv=None) -> int:
+    """Parse the recipe's arguments and run `main`; bad input ends with one clear message and exit code 2."""
+    from ..data import DataFormatError
+
+    try:
+        groups = parse_recipe_args(dataclass_types, defaults, argv)
+        main(*groups)
+    except (RecipeError, DataFormatError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
+    return 0
+
+
+class RecipeRun(TrainerCallback):
+    """Everything around one training run, so a recipe reads "load data, tokenizer, model; train; finish".
+
+    Created first, it sets up logging and the seed (before the model is built, so its initialisation
+    is reproducible), decides whether `output_dir` may be used (new, resumed, or refused: nothing is
+    written yet) and takes the Hub push out of the Trainer's hands. As the trainer's callback it marks
+    the run unfinished when training begins. `finish` saves the result and everything around it, marks
+    the run complete and pushes once.
+    """
+
+    def __init__(self, recipe: str, training_args, run_args):
+        from transformers import set_seed
+
+        self.recipe = recipe
+        self.run_args = run_args
+        _setup_logging(training_args)
+        set_seed(training_args.seed)
+        self.resume_from = prepare_output_dir(
+            training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint, recipe
+        )
+        self.push = {
+            "push": bool(training_args.push_to_hub),
+            "repo_id": training_args.hub_model_id or Path(training_args.output_dir).name,
+            "token": training_args.hub_token,
+            "private": training_args.hub_private_repo,
+        }
+        training_args.push_to_hub = False
+        training_args.hub_token = None  # never kept in saved arguments or checkpoints
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            mark_run(args.output_dir, self.recipe, completed=False)
+
+    def train(self, trainer) -> dict:
+        """Train (resuming where the output folder says to); returns the training metrics."""
+        trainer.add_callback(self)
+        return trainer.train(resume_from_checkpoint=self.resume_from).metrics
+
+    def finish(self, trainer, metrics: dict, *, task: str, title: str, summary: str, base_model: str | None,
+               dataset: str, tags: list[str], hyperparameters: dict | None = None):
+        """Save the trained model or adapter (every process: FSDP and DeepSpeed gather shards there), then
+        on the main process: the merged model (`--merge_adapter`), metrics and trainer state, the loss
+        plot, the model card; mark the run complete; push once.
+
+        `task` is "causal_lm" (the eval loss is also reported as perplexity) or "reward".
+        """
+        output_dir = Path(trainer.args.output_dir)
+        trainer.save_model(str(output_dir))
+        if not trainer.is_world_process_zero():
+            return
+        is_adapter = hasattr(trainer.model, "peft_config")
+        if is_adapter and self.run_args.merge_adapter:
+            _save_merged(trainer.model, trainer.processing_class, output_dir / "merged")
+        if task == "causal_lm" and "eval_loss" in metrics:
+            metrics.setdefault("eval_perplexity", perplexity(metrics["eval_loss"]))
+        trainer.save_metrics("all", metrics, combined=False)
+        trainer.save_state()
+        if self.run_args.plot_loss:
+            write_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png", title=f"{self.recipe} loss")
+        write_model_card(
+            output_dir,
+            title=title,
+            summary=summary,
+            base_model=base_model,
+            datasets=[dataset],
+            hyperparameters={**_pick(trainer.args.to_dict(), TRAINING_KEYS), **(hyperparameters or {})},
+            results={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            tags=tags,
+            task=task,
+            is_adapter=is_adapter,
+            how_to_load=how_to_load(self.push["repo_id"], base_model, task=task, is_adapter=is_adapter),
+            model_name=self.push["repo_id"],
+        )
+        _scrub_secrets(output_dir)
+        mark_run(output_dir, self.recipe, completed=True)
+        if self.push["push"]:
+            push_folder(output_dir, self.push["repo_id"], token=self.push["token"], private=self.push["private"])
+            logger.info("pushed %s to the Hub as %s", output_dir, self.push["repo_id"])
+
+
+def lora_hyperparameters(model_args) -> dict:
+    """The LoRA settings of a run, for its model card (none when it trained every weight)."""
+    return _pick(vars(model_args), LORA_KEYS) if model_args.use_peft else {"use_peft": False}
+
+
+def _pick(values: dict, keys) -> dict:
+    return redact({k: values[k] for k in keys if k in values})
+
+
+def _save_merged(model, tokenizer, folder: Path):
+    """The base model with the adapter merged in, next to the adapter (the adapter itself stays as trained)."""
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _setup_logging(training_args):
     level = logging.INFO if training_args.should_log else logging.WARNING
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, stream=sys.stdout)
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity_warning()
-
-
-def begin_run(training_args, run_args, recipe: str):
-    """What every training recipe does first: logging, the seed (before the model is built, so its
-    initialisation is reproducible), the output-folder check (an unfinished run of the same `recipe`
-    is resumed), and taking over the Hub push. Returns (checkpoint to resume from or None, push settings)."""
-    from transformers import set_seed
-
-    from .setup import prepare_output_dir
-
-    setup_logging(training_args)
-    set_seed(training_args.seed)
-    resume = prepare_output_dir(
-        training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint, recipe
-    )
-    return resume, take_push_settings(training_args)
-
-
-def guarded(trainer_class, *mixins):
-    """`trainer_class` with the non-finite-loss guard (and any further `mixins`) mixed in."""
-    return type(f"Guarded{trainer_class.__name__}", (LossGuardMixin, *mixins, trainer_class), {})
-
-
-GuardedTrainer = guarded(Trainer)
-
-
-def take_push_settings(training_args) -> dict:
-    """Take the Hub push out of the Trainer's hands: hf_llm pushes the finished folder once, at the end."""
-    push = {
-        "push": bool(training_args.push_to_hub),
-        "repo_id": training_args.hub_model_id or Path(training_args.output_dir).name,
-        "token": training_args.hub_token,
-        "private": training_args.hub_private_repo,
-    }
-    training_args.push_to_hub = False
-    training_args.hub_token = None  # never kept in saved arguments or checkpoints
-    return push
-
-
-def hyperparameters(*groups, keys=None) -> dict:
-    """Flat dict of the settings that shaped a run, from argument dataclasses (secrets redacted)."""
-    out = {}
-    for group in groups:
-        values = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
-        for k, v in values.items():
-            if keys is None or k in keys:
-                out[k] = v
-    return redact(out)
-
-
-TRAINING_KEYS = {
-    "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2",
-    "max_grad_norm", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "seed", "bf16", "fp16", "gradient_checkpointing", "max_length", "completion_only_loss",
-}
-
-
-def finish_run(
-    trainer,
-    *,
-    recipe: str,
-    output_dir,
-    push: dict,
-    metrics: dict,
-    card: dict,
-    save_model=None,
-    trainer_saves: bool = True,
-    language_model: bool = True,
-):
-    """Write metrics.json, loss_curve.png, the model card and mark the run complete; then push.
-
-    For a `language_model` (next-token loss) the eval loss is also reported as perplexity.
-
-    The final weights (model or PEFT adapter) and tokenizer are saved by `trainer.save_model()`,
-    which every process must call (FSDP and DeepSpeed gather shards there); `save_model`, if
-    given, then runs on the main process only, for what the Trainer does not save (with
-    `trainer_saves=False` it saves everything itself). Only the main
-    process writes the rest.
-    """
-    output_dir = Path(output_dir)
-    if trainer.args.world_size > 1:
-        # Every rank reports a digest of its trained weights: equal digests show the replicas stayed in sync.
-        print(f"rank {trainer.args.process_index}: trained-weights sha256 {weights_digest(trainer.model)}", flush=True)
-    if trainer_saves:
-        trainer.save_model(str(output_dir))
-    if not trainer.is_world_process_zero():
-        return
-    if save_model is not None:
-        save_model(output_dir)
-    if language_model and "eval_loss" in metrics:
-        metrics.setdefault("eval_perplexity", perplexity(metrics["eval_loss"]))
-    write_json(metrics, output_dir / "metrics.json")
-    write_json({"log_history": trainer.state.log_history}, output_dir / "log_history.json")
-    write_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png", title=f"{recipe} loss")
-    write_model_card(output_dir, results={k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **card)
-    _scrub_secrets(output_dir)
-    mark_run(output_dir, recipe, completed=True, metrics=metrics)
-    if push["push"]:
-        push_folder(output_dir, push["repo_id"], token=push["token"], private=push["private"])
-        logger.info("pushed %s to the Hub as %s", output_dir, push["repo_id"])
-
-
-def weights_digest(model) -> str:
-    """sha256 over the trainable parameters (names and values), to compare replicas."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters()):
-        if param.requires_grad:
-            digest.update(name.encode())
-            digest.update(param.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _scrub_secrets(output_dir: Path):
@@ -166,24 +176,3 @@ def _scrub_secrets(output_dir: Path):
             for s in secrets:
                 text = text.replace(s, "<redacted>")
             path.write_text(text)
-
-
-def main_process_first_env() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0
-
-
-def recipe_main(main, dataclass_types, defaults: dict, argv=None) -> int:
-    """Parse the recipe's arguments and run `main`; bad input ends with one clear message and exit code 2."""
-    from ..data import DataFormatError
-    from .callbacks import NonFiniteLossError
-
-    try:
-        groups = parse_recipe_args(dataclass_types, defaults, argv)
-        main(*groups)
-    except (RecipeError, DataFormatError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(3) from None
-    return 0

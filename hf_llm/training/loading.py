@@ -1,0 +1,185 @@
+"""Loading the model and tokenizer a recipe runs on: checkpoints (ours or stock GPT-2, safetensors
+unless pickles are allowed), or a new model from a preset; and the checks that they fit together."""
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from trl import get_quantization_config
+
+from ..models.gpt import GPT2_PRESETS, GPTConfig, GPTForCausalLM, GPTForSequenceClassification
+from .errors import RecipeError
+
+logger = logging.getLogger("hf_llm")
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` can only mean a local path: a Hub id is `name` or `owner/name`, never absolute or
+    relative-looking and never with more than one slash."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_weights_are_safe(name_or_path: str, allow_pickle: bool) -> bool:
+    """Refuse pickle weights unless allowed; returns whether safetensors are required (use_safetensors)."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return not allow_pickle  # a Hub name: transformers resolves files; insist on safetensors by default
+    has_safetensors = any(folder.glob("*.safetensors"))
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.name != "training_args.bin")
+    if pickles and not has_safetensors and not allow_pickle:
+        raise RecipeError(
+            f"{folder} holds only pickle weights ({', '.join(pickles)}). Loading a pickle can run arbitrary code, so "
+            f"hf_llm reads safetensors only. If you trust the file, pass --allow_pickle_checkpoints (it is then read "
+            f"with torch.load(weights_only=True)), or convert it to safetensors."
+        )
+    return not allow_pickle or has_safetensors
+
+
+def is_preset(name: str | None) -> bool:
+    """'scratch' or a size preset (gpt2-124m, ...). The Hub's names ('gpt2', 'gpt2-medium') mean its trained weights."""
+    return name is not None and (name == "scratch" or name in GPT2_PRESETS) and not Path(name).exists()
+
+
+# The sizes of 'scratch' (the embedded default base model), where no flag sets them.
+SCRATCH_SIZES = dict(n_layer=4, n_embd=128, n_head=4, n_positions=256, dropout=0.0)
+
+
+def scratch_config(model_args, architecture, vocab_size: int, bos_eos_id: int | None) -> GPTConfig:
+    """A GPTConfig for training from scratch: a preset or 'scratch', overridden by the size flags."""
+    is_scratch = model_args.model_name_or_path == "scratch"
+    sizes = {}
+    for name in ("n_layer", "n_embd", "n_head", "n_positions"):
+        value = getattr(architecture, name)
+        if value is None and is_scratch:
+            value = SCRATCH_SIZES[name]
+        if value is not None:
+            sizes[name] = value
+    dropout = architecture.dropout if architecture.dropout is not None or not is_scratch else SCRATCH_SIZES["dropout"]
+    if dropout is not None:
+        sizes.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    special = {"bos_token_id": bos_eos_id, "eos_token_id": bos_eos_id}
+    common = dict(vocab_size=vocab_size, tie_word_embeddings=architecture.tie_word_embeddings, **special, **sizes)
+    try:
+        if model_args.model_name_or_path == "scratch":
+            return GPTConfig(**common)
+        return GPTConfig.from_preset(model_args.model_name_or_path, **common)
+    except ValueError as err:
+        raise RecipeError(f"{err} (set by --n_layer/--n_embd/--n_head/--n_positions)") from None
+
+
+def reset_to_pytorch_init(model: nn.Module) -> nn.Module:
+    """Re-initialise with PyTorch's own layer defaults (Linear: Kaiming-uniform; Embedding: N(0, 1);
+    LayerNorm: ones/zeros), as the from-scratch book's GPTModel is initialised."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+            module.reset_parameters()
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+def load_model(
+    model_args, task: str = "causal-lm", tokenizer=None, num_labels: int = 1, trust_remote_code: bool = False,
+    architecture=None,
+) -> nn.Module:
+    """The model a recipe trains: from a checkpoint (ours or stock GPT-2), or new from a preset.
+
+    `task` is "causal-lm" or "sequence-classification" (a `score` head on the last non-padding token).
+    `architecture` (an `ArchitectureArguments`) sizes a model trained from scratch.
+    """
+    cls = GPTForCausalLM if task == "causal-lm" else GPTForSequenceClassification
+    name = model_args.model_name_or_path
+    pad_id = None if tokenizer is None else tokenizer.pad_token_id
+    if is_preset(name):
+        if tokenizer is None:
+            raise RecipeError("Training from scratch needs a tokenizer: pass --tokenizer_name_or_path.")
+        if architecture is None:
+            from .arguments import ArchitectureArguments
+
+            architecture = ArchitectureArguments()
+        config = scratch_config(model_args, architecture, vocab_size=len(tokenizer), bos_eos_id=tokenizer.eos_token_id)
+        if task != "causal-lm":
+            config.num_labels, config.pad_token_id = num_labels, pad_id
+        if model_args.attn_implementation:
+            config._attn_implementation = model_args.attn_implementation
+        model = cls(config)
+        if architecture.init_scheme == "pytorch":
+            reset_to_pytorch_init(model)
+        elif architecture.init_scheme != "gpt2":
+            raise RecipeError(f"--init_scheme must be 'gpt2' or 'pytorch', got {architecture.init_scheme!r}.")
+        return model
+
+    use_safetensors = check_weights_are_safe(name, model_args.allow_pickle_checkpoints)
+    kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=use_safetensors or None, revision=model_args.model_revision)
+    quantization = get_quantization_config(model_args)  # --load_in_4bit / --load_in_8bit, as TRL's scripts
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if model_args.dtype:
+        kwargs["dtype"] = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+    if task != "causal-lm":
+        kwargs.update(num_labels=num_labels, pad_token_id=pad_id)
+    model = from_pretrained_or_refuse(cls, name, **kwargs)
+    if task != "causal-lm" and pad_id is not None:
+        model.config.pad_token_id = pad_id
+    return model
+
+
+def refuse_missing_folder(name_or_path: str, flag: str) -> None:
+    """A name that can only be a local path (not a Hub name, owner/name) must exist."""
+    if looks_like_local_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise RecipeError(f"{flag} {name_or_path}: no such folder. Check the path (a Hub name has the form owner/name).")
+
+
+def from_pretrained_or_refuse(cls, name_or_path: str, **kwargs):
+    """`cls.from_pretrained`, with a missing folder or an unknown Hub name refused as a RecipeError."""
+    refuse_missing_folder(name_or_path, "--model_name_or_path")
+    try:
+        return cls.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:  # transformers' message says what it looked for and where
+        raise RecipeError(f"--model_name_or_path {name_or_path}: {err}") from None
+
+
+def check_vocab_agreement(model, tokenizer):
+    """Every id the tokenizer can produce must have an embedding row."""
+    if len(tokenizer) > model.config.vocab_size:
+        raise RecipeError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}: "
+            f"ids >= {model.config.vocab_size} would have no embedding. Use the model's own tokenizer, or call "
+            f"model.resize_token_embeddings(len(tokenizer)) (for a from-scratch run, build the model from this tokenizer)."
+        )
+
+
+def resolve_tokenizer(model_args, texts=None, bpe_vocab_size: int = 4096):
+    """The run's tokenizer: loaded (--tokenizer_name_or_path, else the model's own), or built on `texts`
+    ('char': character-level; 'bpe': byte-level BPE of `bpe_vocab_size` tokens). Padding uses end-of-text."""
+    from ..tokenization import build_char_tokenizer, load_tokenizer, train_bpe_tokenizer
+
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    if name in ("char", "bpe"):
+        if texts is None:
+            raise RecipeError(f"--tokenizer_name_or_path {name} builds a tokenizer from the training texts; this recipe has none.")
+        tokenizer = build_char_tokenizer(texts) if name == "char" else train_bpe_tokenizer(texts, vocab_size=bpe_vocab_size)
+    elif is_preset(name) or name is None:
+        raise RecipeError(
+            "A model trained from scratch needs a tokenizer: pass --tokenizer_name_or_path with a tokenizer folder or "
+            "Hub name, or 'char' / 'bpe' to build one from the training texts."
+        )
+    else:
+        flag = "--tokenizer_name_or_path" if model_args.tokenizer_name_or_path else "--model_name_or_path"
+        refuse_missing_folder(name, flag)
+        try:
+            tokenizer = load_tokenizer(name)
+        except OSError as err:  # not found locally or on the Hub: transformers' message says where it looked
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise RecipeError(f"{flag} {name}: {err}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
