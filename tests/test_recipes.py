@@ -258,11 +258,11 @@ def test_generate_prompts_an_adapter_as_sft_trains_it(capsys, monkeypatch):
     """--instruction gives the SFT template's prompt, and a piped prompt keeps its own final newline."""
     import io
 
+    import hf_llm.training
     from hf_llm.data import format_prompt
-    from hf_llm.training import generation
 
     seen = []
-    monkeypatch.setattr(generation, "generate_text", lambda model, tokenizer, prompt, gen_args: seen.append(prompt) or [prompt])
+    monkeypatch.setattr(hf_llm.training, "generate_text", lambda model, tokenizer, prompt, gen_args: seen.append(prompt) or [prompt])
     run_recipe("generate", "--instruction", "Add 1 and 2.", "--input", "numbers")
     expected = format_prompt("Add 1 and 2.", "numbers")
     assert seen[-1] == expected and expected.endswith("### Response:\n")

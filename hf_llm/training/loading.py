@@ -106,6 +106,7 @@ def load_model(
         if model_args.attn_implementation:
             config._attn_implementation = model_args.attn_implementation
         model = cls(config)
+        _use_tokenizer_special_tokens(model, tokenizer)
         if architecture.init_scheme == "pytorch":
             reset_to_pytorch_init(model)
         elif architecture.init_scheme != "gpt2":
@@ -124,9 +125,22 @@ def load_model(
     if task != "causal-lm":
         kwargs.update(num_labels=num_labels, pad_token_id=pad_id)
     model = from_pretrained_or_refuse(cls, name, **kwargs)
-    if task != "causal-lm" and pad_id is not None:
-        model.config.pad_token_id = pad_id
+    if tokenizer is not None:
+        _use_tokenizer_special_tokens(model, tokenizer)
     return model
+
+
+def _use_tokenizer_special_tokens(model, tokenizer):
+    """The run's tokenizer decides end-of-text, start and padding (padding is end-of-text unless it has its
+    own): write them into the model's config and generation config now. The Trainer would do the same
+    before training, with a warning about tokens that "differ from the model config"."""
+    for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        token_id = getattr(tokenizer, name)
+        if token_id is None:
+            continue
+        setattr(model.config, name, token_id)
+        if getattr(model, "generation_config", None) is not None:
+            setattr(model.generation_config, name, token_id)
 
 
 def refuse_missing_folder(name_or_path: str, flag: str) -> None:

@@ -46,6 +46,7 @@ def recipe_main(main, dataclass_types, defaults: dict, argv=None) -> int:
     """Parse the recipe's arguments and run `main`; bad input ends with one clear message and exit code 2."""
     from ..data import DataFormatError
 
+    quiet_known_library_noise()
     try:
         groups = parse_recipe_args(dataclass_types, defaults, argv)
         main(*groups)
@@ -56,6 +57,27 @@ def recipe_main(main, dataclass_types, defaults: dict, argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(3) from None
     return 0
+
+
+def quiet_known_library_noise():
+    """Silence, once and by name, the library messages a default run would repeat that no user action fixes.
+
+    - TRL's SFTConfig and RewardConfig still default `gradient_checkpointing=True`, a name transformers
+      5.24 deprecated for `activation_checkpointing` (it maps one onto the other): a FutureWarning at
+      every parse. `--gradient_checkpointing` keeps working, so the warning tells the user nothing.
+    - TRL and PEFT read the model's `is_gradient_checkpointing`, deprecated in transformers 5.24 for
+      `is_activation_checkpointing`: a FutureWarning from inside their code.
+    - `datasets` draws a progress bar for each fast in-memory pass TRL makes over the data (EOS,
+      tokenizing, labels, truncation, filtering), a wall of bars before the training one.
+    Everything else, our own warnings and errors included, still shows.
+    """
+    import warnings
+
+    import datasets
+
+    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    datasets.disable_progress_bars()
 
 
 class RecipeRun(TrainerCallback):
