@@ -831,42 +831,11 @@ def load_adapter(
     return model
 
 
-# --------------------------------------------------------------------------------------------------
-# One entry point for recipes
-# --------------------------------------------------------------------------------------------------
-
-
-def apply_lora(
-    model: nn.Module,
-    target_modules: str | Sequence[str],
-    r: int = 8,
-    alpha: float = 8,
-    dropout: float = 0.0,
-    backend: str = "hf_llm",
-    task_type: str = "CAUSAL_LM",
-) -> nn.Module:
-    """Add a trainable LoRA adapter with this module (`backend="hf_llm"`, in place) or with PEFT
-    (`backend="peft"`, which returns a `PeftModel` wrapping `model`). Both give the same layer
-    names, the same maths and the same saved files; save with `save_adapter(model, folder)` or
-    the PeftModel's `save_pretrained(folder)` respectively."""
-    if backend == "hf_llm":
-        return inject_lora(model, target_modules, r=r, alpha=alpha, dropout=dropout)
-    if backend == "peft":
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(
-            r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task_type
-        )
-        return get_peft_model(model, config)
-    raise ValueError(f"Unknown LoRA backend {backend!r}; use 'hf_llm' or 'peft'.")
-
-
 __all__ = [
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
     "LoRALinear",
     "adapter_names",
-    "apply_lora",
     "disable_adapters",
     "find_modules_to_save",
     "find_target_modules",

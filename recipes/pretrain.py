@@ -14,14 +14,15 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 
 from hf_llm.training import (
     ArchitectureArguments, DataArguments, ModelArguments, PretrainArguments, RecipeRun, RunArguments,
-    SampleGenerationCallback, TrustArguments, blocks_dataset, check_block_size, check_vocab_agreement, cpu_only,
-    guarded, load_model, load_text_corpus, recipe_main, resolve_tokenizer,
+    SampleGenerationCallback, TrustArguments, blocks_dataset, check_block_size, check_vocab_agreement, guarded,
+    load_model, load_text_corpus, recipe_defaults, recipe_main, resolve_tokenizer,
 )
 
 RECIPE = "pretrain"  # the name this recipe's runs are recorded under in their output_dir
 DATACLASS_TYPES = (ModelArguments, ArchitectureArguments, DataArguments, PretrainArguments, RunArguments, TrustArguments, TrainingArguments)
 
-DEFAULTS = dict(
+DEFAULTS = recipe_defaults(
+    "outputs/pretrain",
     # The embedded default: a small GPT trained from scratch (4 layers, width 128, context 256: the sizes
     # 'scratch' takes unless --n_layer etc. say otherwise), with a BPE tokenizer built on the corpus.
     model_name_or_path="scratch",
@@ -29,9 +30,6 @@ DEFAULTS = dict(
     block_size=256,
     bpe_vocab_size=4096,
     sample_prompts=["def "],
-    output_dir="outputs/pretrain",
-    use_cpu=cpu_only(),
-    num_train_epochs=1,
     per_device_train_batch_size=16,
     per_device_eval_batch_size=16,
     learning_rate=1e-3,
@@ -40,8 +38,6 @@ DEFAULTS = dict(
     lr_scheduler_type="cosine",
     eval_strategy="epoch",
     save_strategy="epoch",
-    logging_steps=10,
-    report_to="none",
 )
 
 

@@ -11,36 +11,24 @@ higher. Held-out accuracy is the share of pairs where it does.
 from trl import RewardConfig, RewardTrainer
 
 from hf_llm.training import (
-    DEFAULT_BASE_MODEL, DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, bf16_available,
-    check_vocab_agreement, cpu_only, enforce_length_limit, guarded, load_model, load_preference_data,
-    lora_hyperparameters, peft_config_for, recipe_main, resolve_tokenizer,
+    DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, check_vocab_agreement,
+    enforce_length_limit, finetuning_defaults, guarded, load_model, load_preference_data, lora_hyperparameters,
+    peft_config_for, recipe_main, resolve_tokenizer,
 )
 
 RECIPE = "reward_modeling"  # the name this recipe's runs are recorded under in their output_dir
 DATACLASS_TYPES = (ModelArguments, DataArguments, RunArguments, RewardConfig)
 
-DEFAULTS = dict(
-    model_name_or_path=DEFAULT_BASE_MODEL,
-    bf16=bf16_available(),
-    use_cpu=cpu_only(),
-    output_dir="outputs/reward_modeling",
-    use_peft=True, lora_r=1, lora_alpha=8, lora_dropout=0.4, lora_target_modules=["c_attn"], lora_modules_to_save=["score"],
+DEFAULTS = finetuning_defaults(
+    "outputs/reward_modeling",
+    lora_r=1, lora_alpha=8, lora_dropout=0.4, lora_target_modules=["c_attn"], lora_modules_to_save=["score"],
     lora_task_type="SEQ_CLS",
     max_length=256,
     too_long="drop",
-    num_train_epochs=1,
-    max_steps=150,
-    per_device_train_batch_size=8,
-    per_device_eval_batch_size=16,
     learning_rate=1e-3,
     weight_decay=0.0,
     warmup_steps=10,
     lr_scheduler_type="cosine",
-    eval_strategy="no",
-    save_strategy="steps",
-    save_steps=50,
-    logging_steps=10,
-    report_to="none",
     max_eval_samples=256,
 )
 

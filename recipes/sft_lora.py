@@ -12,25 +12,18 @@ and without it (the base model), and a few held-out answers are generated both w
 from trl import SFTConfig, SFTTrainer
 
 from hf_llm.training import (
-    DEFAULT_BASE_MODEL, DataArguments, ModelArguments, RecipeRun, RunArguments, adapter_disabled, bf16_available,
-    check_vocab_agreement, compare_answers, cpu_only, enforce_length_limit, guarded, load_model, load_sft_data,
-    lora_hyperparameters, peft_config_for, recipe_main, resolve_tokenizer,
+    DataArguments, ModelArguments, RecipeRun, RunArguments, adapter_disabled, check_vocab_agreement, compare_answers,
+    enforce_length_limit, finetuning_defaults, guarded, load_model, load_sft_data, lora_hyperparameters,
+    peft_config_for, recipe_main, resolve_tokenizer,
 )
 
 RECIPE = "sft_lora"  # the name this recipe's runs are recorded under in their output_dir
 DATACLASS_TYPES = (ModelArguments, DataArguments, RunArguments, SFTConfig)
 
-DEFAULTS = dict(
-    model_name_or_path=DEFAULT_BASE_MODEL,
-    bf16=bf16_available(),
-    use_cpu=cpu_only(),
-    output_dir="outputs/sft_lora",
-    use_peft=True, lora_r=4, lora_alpha=32, lora_dropout=0.1, lora_target_modules=["c_attn"], lora_task_type="CAUSAL_LM",
+DEFAULTS = finetuning_defaults(
+    "outputs/sft_lora",
+    lora_r=4, lora_alpha=32, lora_dropout=0.1, lora_target_modules=["c_attn"], lora_task_type="CAUSAL_LM",
     max_length=256,
-    num_train_epochs=1,
-    max_steps=150,
-    per_device_train_batch_size=8,
-    per_device_eval_batch_size=16,
     gradient_accumulation_steps=1,
     learning_rate=6e-4,
     adam_beta1=0.9, adam_beta2=0.95,
@@ -39,11 +32,6 @@ DEFAULTS = dict(
     lr_scheduler_type="cosine_with_min_lr",
     lr_scheduler_kwargs={"min_lr_rate": 0.1},
     max_grad_norm=1.0,
-    eval_strategy="no",
-    save_strategy="steps",
-    save_steps=50,
-    logging_steps=10,
-    report_to="none",
     max_eval_samples=128,
 )
 

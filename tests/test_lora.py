@@ -157,15 +157,6 @@ def test_124m_parameter_counts_match_peft():
     )
 
 
-def test_apply_lora_backends_agree():
-    ours = lora.apply_lora(tiny_gpt(), ["c_attn"], r=4, alpha=8, backend="hf_llm")
-    theirs = lora.apply_lora(tiny_gpt(), ["c_attn"], r=4, alpha=8, backend="peft")
-    assert isinstance(theirs, PeftModel) and lora.lora_layers(ours)
-    assert trainable_parameters(ours) == trainable_parameters(theirs)
-    with pytest.raises(ValueError, match="backend"):
-        lora.apply_lora(tiny_gpt(), ["c_attn"], backend="loralib")
-
-
 # --------------------------------------------------------------------------------------------------
 # Initialisation, merging, disabling, unloading
 # --------------------------------------------------------------------------------------------------

@@ -386,3 +386,17 @@ def test_answers_to_a_prompt_longer_than_the_context_keep_its_end(tmp_path):
     compare_answers(model, tokenizer, [prompt], tmp_path, max_new_tokens=4)
     assert seen[0][0].tolist() == ids[-31:]
     assert json.loads((tmp_path / "answers.jsonl").read_text())["prompt"] == prompt
+
+
+def test_recipes_are_thin():
+    """Each recipe imports from at most three hf_llm modules and leaves the run's lifecycle to RecipeRun."""
+    import ast
+
+    for path in sorted(RECIPES.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hf_llm")}
+        modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names if alias.name.startswith("hf_llm")}
+        assert len(modules) <= 3, (path.name, modules)
+        called = {node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+                  for node in ast.walk(tree) if isinstance(node, ast.Call)}
+        assert not called & {"mark_run", "save_metrics", "save_state", "push_folder", "write_model_card"}, path.name

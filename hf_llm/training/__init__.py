@@ -16,6 +16,8 @@ from .arguments import (
     TrustArguments,
     bf16_available,
     cpu_only,
+    finetuning_defaults,
+    recipe_defaults,
 )
 from .callbacks import ExactPairMetricsMixin, SampleGenerationCallback, guarded
 from .compare import compare_answers
@@ -53,6 +55,7 @@ __all__ = [
     "compare_answers",
     "cpu_only",
     "enforce_length_limit",
+    "finetuning_defaults",
     "generate_text",
     "guarded",
     "load_for_generation",
@@ -62,6 +65,7 @@ __all__ = [
     "load_text_corpus",
     "lora_hyperparameters",
     "peft_config_for",
+    "recipe_defaults",
     "recipe_main",
     "resolve_prompt",
     "resolve_tokenizer",

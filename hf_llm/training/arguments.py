@@ -29,6 +29,24 @@ def cpu_only() -> bool:
     return not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
+def recipe_defaults(output_dir: str, **settings) -> dict:
+    """The defaults every recipe's embedded run shares (the CPU where there is no GPU, one epoch, a log
+    line every 10 steps, no external tracker), then the recipe's own `settings`."""
+    return {"output_dir": output_dir, "use_cpu": cpu_only(), "num_train_epochs": 1, "logging_steps": 10,
+            "report_to": "none", **settings}
+
+
+def finetuning_defaults(output_dir: str, **settings) -> dict:
+    """`recipe_defaults` for fine-tuning the packaged base model with a PEFT LoRA adapter (SFT, reward
+    modelling): bf16 where the GPU has it, 150 steps at batch 8, a checkpoint every 50 steps, no
+    evaluation during training (the recipe evaluates before and after); then the recipe's `settings`."""
+    return recipe_defaults(
+        output_dir, model_name_or_path=DEFAULT_BASE_MODEL, bf16=bf16_available(), use_peft=True, max_steps=150,
+        per_device_train_batch_size=8, per_device_eval_batch_size=16, eval_strategy="no", save_strategy="steps",
+        save_steps=50, **settings,
+    )
+
+
 @dataclass
 class ModelArguments(ModelConfig):
     """Which model to start from and how to load it: TRL's `ModelConfig` (model, dtype, attention,
