@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import probes  # noqa: E402
 
 ARCH = {"n_embd": 768, "n_layer": 12, "n_head": 12}
 ABLATIONS = ("few_rows",)
@@ -118,7 +119,7 @@ def main(argv=None) -> None:
         names,
     )
     common.write_json(args.json, {
-        "benchmark": "generate", "environment": common.environment(device), "args": vars(args),
+        "benchmark": "generate", "environment": probes.environment(device), "args": vars(args),
         "flop_rule": "2 * N per generated token", "few_row_products": choices, "matmul_peak_gflops": peak, "read_bandwidth_gbs": bandwidth, "rows": rows, "cases": cases,
     })
 

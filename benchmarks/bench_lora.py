@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import probes  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -149,7 +150,7 @@ def main(argv=None) -> None:
         print(f"  check {name} vs stock: loss diff {diff['loss_abs_diff']:.2e}, "
               f"layer-0 lora_B grad max diff {diff['lora_B_grad_max_abs_diff']:.2e}")
     common.write_json(args.json, {
-        "benchmark": "lora_step", "environment": common.environment(device), "args": vars(args),
+        "benchmark": "lora_step", "environment": probes.environment(device), "args": vars(args),
         "flop_rule": "4 * N * tokens (no weight gradients for frozen weights), N = non-embedding params + LM head",
         "matmul_peak_gflops": {"before": peak_before, "after": peak_after, "size": 2048},
         "rows": rows, "case": {"label": label, "arch": arch, "tokens_per_step": tokens, "flop_params_N": n_flop,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import probes  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -146,7 +147,7 @@ def main(argv=None) -> None:
         print(f"  check {name} vs stock: loss diff {diff['loss_abs_diff']:.2e}, "
               f"score grad max diff {diff['score_grad_max_abs_diff']:.2e}")
     common.write_json(args.json, {
-        "benchmark": "reward_step", "environment": common.environment(device), "args": vars(args),
+        "benchmark": "reward_step", "environment": probes.environment(device), "args": vars(args),
         "flop_rule": "6 * N * real (unpadded) tokens, N = non-embedding params",
         "matmul_peak_gflops": {"before": peak_before, "after": peak_after, "size": 2048},
         "rows": rows, "case": {"label": label, "arch": arch, "real_tokens_per_step": tokens, "flop_params_N": n_flop,

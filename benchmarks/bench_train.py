@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import probes  # noqa: E402
 
 ARCHS = {
     "small": {"arch": {"n_embd": 256, "n_layer": 4, "n_head": 4}, "batch": 8, "seq_len": 256, "warmup": 2, "repeats": 5},
@@ -234,7 +235,7 @@ def main(argv=None) -> None:
             print(f"  check {label} {name} vs stock: loss diff {diff['loss_abs_diff']:.2e}, "
                   f"wte grad max diff {diff['wte_grad_max_abs_diff']:.2e}")
     common.write_json(args.json, {
-        "benchmark": "train_step", "environment": common.environment(device), "args": vars(args),
+        "benchmark": "train_step", "environment": probes.environment(device), "args": vars(args),
         "flop_rule": "6 * N * tokens, N = non-embedding params + LM head (vocab x n_embd)",
         "matmul_peak_gflops": {"before": peak_before, "after": peak_after, "size": 2048},
         "rows": rows, "cases": report_cases,

@@ -28,40 +28,26 @@ counts even though it is tied to the token embedding, because it is a real matri
 Full training = 6 N per token; LoRA (frozen base, no weight gradients) = 4 N per token; inference =
 2 N per generated token (prompt prefill not counted). Attention score FLOPs are ignored.
 
-Peak memory. On CUDA: `torch.cuda.max_memory_allocated()` minus the allocation before the step
-(after `reset_peak_memory_stats`). On CPU there is no allocator counter for torch's CPU tensors, so
-the process's resident set is used: Linux lets a process reset its own high-water mark VmHWM by
-writing "5" to /proc/self/clear_refs. Before the step, garbage is collected and glibc is asked to
-return freed heap pages to the OS (`malloc_trim(0)`), so the resident set is what is live (weights,
-gradients of the previous step are already freed, optimizer state); then VmHWM is reset, VmRSS is
-read as the baseline, the step runs, and peak growth = VmHWM - baseline. The figure is thus "extra
-resident memory the step needed on top of what was already live": activations, gradients, logits,
-optimizer temporaries. Each contender is measured in its own fresh subprocess (so nothing another
-model freed can be recycled, and nothing else lives in the process), after warm-up steps so that
-optimizer state already exists. Where clear_refs is not writable, the fallback is the subprocess's
-ru_maxrss minus its resident set before the first step, which then also includes optimizer state.
+Process and memory probes (CPU time, page faults, peak memory, environment) are in probes.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import importlib.util
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+import probes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -105,8 +91,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, warmup: int, repeats: in
 
 
 def setup(args) -> torch.device:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    probes.apply_thread_setting(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
@@ -197,23 +182,10 @@ def flop_params(model, kind: str) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def time_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call, synchronised on CUDA."""
-    synchronize(device)
-    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - wall0, _cpu_seconds() - cpu0
+    measured = probes.measure_call(fn, device)
+    return measured["wall"], measured["cpu"]
 
 
 def alternate(
@@ -226,7 +198,7 @@ def alternate(
     for name in names:
         for _ in range(warmup):
             fns[name]()
-    synchronize(device)
+    probes.synchronize(device)
     times = {name: {"wall": [], "cpu": []} for name in names}
     for r in range(repeats):
         order = names if r % 2 == 0 else names[::-1]
@@ -307,7 +279,7 @@ def timing_child_main(step_factory: Callable[[], Callable[[], Any]], device: tor
     step = step_factory()
     for _ in range(warmup):
         step()
-    synchronize(device)
+    probes.synchronize(device)
     print("ready", flush=True)
     for line in sys.stdin:
         command, *rest = line.split() or [""]
@@ -410,62 +382,6 @@ def read_bandwidth_gbs(device: torch.device, megabytes: int = 512, repeats: int 
 # --------------------------------------------------------------------------------------------------
 
 
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _release_freed_memory() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def step_peak_memory_mib(step: Callable[[], Any], device: torch.device, baseline_kib: int | None = None) -> dict:
-    """Extra memory one call of `step` needs on top of what is live before it (see module docstring)."""
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-        return {"peak_step_mib": (peak - before) / 2**20, "method": "cuda max_memory_allocated"}
-    _release_freed_memory()
-    if _reset_hwm():
-        before = _proc_status_kib("VmRSS")
-        step()
-        peak = _proc_status_kib("VmHWM")
-        return {
-            "peak_step_mib": (peak - before) / 1024,
-            "baseline_rss_mib": before / 1024,
-            "method": "VmHWM reset via /proc/self/clear_refs, minus VmRSS before the step",
-        }
-    # Fallback: whole-process high-water mark (ru_maxrss is KiB on Linux) minus the resident set
-    # measured before the first step by the caller.
-    step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        "peak_step_mib": (peak - (baseline_kib or 0)) / 1024,
-        "method": "ru_maxrss minus RSS before the first step (includes optimizer state)",
-    }
-
-
 def run_memory_children(script: str, argv: list[str], names: list[str], device: torch.device) -> dict[str, dict]:
     """Run `script argv --memory-child NAME` in a fresh process per contender; collect their JSON.
 
@@ -503,45 +419,17 @@ def passthrough_argv(argv: list[str] | None, extra: list[str]) -> list[str]:
 def memory_child_main(step_factory: Callable[[], Callable[[], Any]], device: torch.device, warmup: int) -> None:
     """Body of a `--memory-child` process: build, warm up, measure one step, print JSON."""
     step = step_factory()
-    _release_freed_memory()
-    baseline = _proc_status_kib("VmRSS")
+    probes.release_freed_memory()
+    baseline = probes.resident_kib()
     for _ in range(warmup):
         step()
-    result = step_peak_memory_mib(step, device, baseline_kib=baseline)
+    result = probes.step_peak_memory_mib(step, device, baseline_kib=baseline)
     print(json.dumps(result))
 
 
 # --------------------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------------------
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    import transformers
-
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ratio(ours: float, stock: float) -> float:
