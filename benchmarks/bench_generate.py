@@ -16,18 +16,24 @@ seconds, shown against a read bandwidth measured in the same run (summing a 512 
 `--ablate few_rows` adds a contender "ours-no-few_rows": ours with every projection taking F.linear,
 as nn.Linear does, timed in the same alternating rounds.
     python benchmarks/bench_generate.py --device cuda --dtype bf16 --attn flash_attention_2
+
+All contenders share this process and are timed with torch.utils.benchmark (inprocess_timing.py):
+alternating rounds, each contender's turn a `blocked_autorange` whose first, untimed call follows the
+other contender's turn; the figure is the median over rounds of each turn's median call.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import contenders
+import inprocess_timing
+import probes
+import report
+from contenders import CAUSAL_LM, OURS, STOCK
 
 ARCH = {"n_embd": 768, "n_layer": 12, "n_head": 12}
 ABLATIONS = ("few_rows",)
@@ -42,7 +48,11 @@ def parse_args(argv=None):
     parser.add_argument("--n-layer", type=int, default=ARCH["n_layer"])
     parser.add_argument("--n-head", type=int, default=ARCH["n_head"])
     parser.add_argument("--ablate", nargs="*", default=[], choices=ABLATIONS, help="speed paths to time ours without")
-    common.add_common_args(parser, warmup=1, repeats=3, settle=0)
+    parser.add_argument(
+        "--min-run-time", type=float, default=0.2,
+        help="seconds each contender's turn runs at least (whole calls; default 0.2, torch.utils.benchmark's)",
+    )
+    contenders.add_contender_args(parser, warmup=1, repeats=3)
     return parser.parse_args(argv)
 
 
@@ -71,55 +81,59 @@ def few_row_choices() -> dict[str, str]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    common.quiet_transformers()
-    device = common.setup(args)
-    names = common.contenders(args)
-    dtype = common.DTYPES[args.dtype]
+    contenders.quiet_transformers()
+    device = contenders.setup(args)
+    names = contenders.contender_names(args)
+    dtype = contenders.DTYPES[args.dtype]
     arch = {"n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": args.n_head}
     print(f"greedy generation: ours vs stock GPT-2 on {device} {args.dtype}, attn={args.attn}", file=sys.stderr)
-    peak = common.peak_matmul_gflops(device, dtype)
-    bandwidth = common.read_bandwidth_gbs(device)
+    peak = inprocess_timing.peak_matmul_gflops(device, dtype)
+    bandwidth = inprocess_timing.read_bandwidth_gbs(device)
     rows, cases = [], {}
-    with common.temp_checkpoint_dir() as folder:
-        common.save_reference_checkpoint(common.gpt2_config(arch), "causal_lm", folder, args.seed)
-        models = {name: common.load_model(name, "causal_lm", folder, args, device).eval() for name in names}
+    with contenders.temp_checkpoint_dir() as folder:
+        contenders.save_reference_checkpoint(contenders.gpt2_config(arch), CAUSAL_LM, folder, args.seed)
+        models = {name: contenders.load_model(name, CAUSAL_LM, folder, args, device).eval() for name in names}
         for path in args.ablate:
-            model = models[f"{common.OURS}-no-{path}"] = common.load_model(common.OURS, "causal_lm", folder, args, device).eval()
+            model = models[f"{OURS}-no-{path}"] = contenders.load_model(OURS, CAUSAL_LM, folder, args, device).eval()
             for module in model.modules():
                 if hasattr(module, "few_rows_product"):
                     module.few_rows_product = "plain"  # F.linear at every row count, as nn.Linear
         names = list(models)
-        n_flop = common.flop_params(models[common.STOCK], "causal_lm")
+        n_flop = contenders.flop_params(models[STOCK], CAUSAL_LM)
         for batch in args.batches:
             label = f"batch {batch}, {args.prompt_len}+{args.new_tokens}"
             generator = torch.Generator().manual_seed(args.seed + batch)
             ids = torch.randint(0, 50257, (batch, args.prompt_len), generator=generator).to(device)
             calls = {name: make_generate(model, ids, args.new_tokens) for name, model in models.items()}
             outputs = {name: call() for name, call in calls.items()}
-            same = all(torch.equal(outputs[name], outputs[common.STOCK]) for name in names)
-            times = common.alternate(calls, device, args.warmup, args.repeats, settle=args.settle)
-            wall = {n: common.median(times[n]["wall"]) for n in names}
+            identical = {name: torch.equal(outputs[name], outputs[STOCK]) for name in names if name != STOCK}
+            same = all(identical.values())
+            times = inprocess_timing.alternate_rounds(calls, args.warmup, args.repeats, args.min_run_time)
+            wall = {n: report.median(times[n]["wall"]) for n in names}
             new = batch * args.new_tokens
-            rows.append({"case": label, "metric": "new tokens/s", "values": {n: new / wall[n] for n in names}})
-            rows.append({"case": label, "metric": "GFLOP/s", "values": {n: 2 * n_flop * new / wall[n] / 1e9 for n in names}})
             streamed = n_flop * torch.finfo(dtype).bits // 8 * args.new_tokens
-            rows.append({"case": label, "metric": "weight GB/s", "values": {n: streamed / wall[n] / 1e9 for n in names}})
-            rows.append({"case": label, "metric": "% of read bandwidth",
-                         "values": {n: 100 * streamed / wall[n] / 1e9 / bandwidth for n in names}})
-            cases[label] = {"times": times, "median_wall_s": wall, "identical_tokens": same}
+            rows += [
+                report.row(label, "new tokens/s", {n: new / wall[n] for n in names}),
+                report.row(label, "GFLOP/s", {n: 2 * n_flop * new / wall[n] / 1e9 for n in names}),
+                report.row(label, "weight GB/s", {n: streamed / wall[n] / 1e9 for n in names}),
+                report.row(label, "% of read bandwidth", {n: 100 * streamed / wall[n] / 1e9 / bandwidth for n in names}),
+            ]
+            cases[label] = {"times": times, "median_wall_s": wall, "identical_tokens": same,
+                            "identical_tokens_by_contender": identical}
             print(f"  {label}: generated tokens identical to stock: {same}", file=sys.stderr)
     choices = few_row_choices()
     if choices:
         print(f"  ours' few-row products (out x in, rows up to: product): {choices}", file=sys.stderr)
-    common.print_table(
+    report.print_table(
         f"Greedy generation with KV cache, {device} {args.dtype}, attn={args.attn}; FLOPs = 2*N per new token; "
         f"matmul peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s",
         rows,
         names,
     )
-    common.write_json(args.json, {
-        "benchmark": "generate", "environment": common.environment(device), "args": vars(args),
-        "flop_rule": "2 * N per generated token", "few_row_products": choices, "matmul_peak_gflops": peak, "read_bandwidth_gbs": bandwidth, "rows": rows, "cases": cases,
+    report.write_json(args.json, {
+        "benchmark": "generate", "environment": probes.environment(device), "args": vars(args),
+        "flop_rule": "2 * N per generated token", "few_row_products": choices, "matmul_peak_gflops": peak,
+        "read_bandwidth_gbs": bandwidth, "rows": rows, "cases": cases,
     })
 
 
