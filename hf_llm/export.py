@@ -10,13 +10,12 @@ Command line: `hf-llm-export-gpt2 SOURCE OUTPUT_DIR` (or `python -m hf_llm.expor
 """
 
 import argparse
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
+from .folders import write_folder_atomically
 from .models.gpt import GPTForCausalLM, GPTForSequenceClassification
 
 
@@ -55,28 +54,18 @@ def export_to_gpt2(model, output_dir, tokenizer=None, overwrite: bool = False) -
             "(hf_llm.lora.merge_and_unload_lora(model), or PEFT's merge_and_unload()) and export the result."
         )
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    def write(staging: Path):
         with tempfile.TemporaryDirectory() as ours_dir:
             model.save_pretrained(ours_dir)
             fields = {k: v for k, v in model.config.to_dict().items() if k not in ("auto_map", "architectures", "model_type")}
             # llama.cpp's GGUF converter reads the context length as n_ctx, which transformers 5 writes
             # only for configs that came with one (the Hub's GPT-2 files do; a model trained from scratch not).
             config = GPT2Config.from_dict({**fields, "n_ctx": model.config.n_positions})
-            stock = stock_cls.from_pretrained(ours_dir, config=config)
-            stock.save_pretrained(staging)
+            stock_cls.from_pretrained(ours_dir, config=config).save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_folder_atomically(output_dir, write, replace=True)
     return output_dir
 
 

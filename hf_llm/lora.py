@@ -48,14 +48,14 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .folders import write_folder_atomically
 
 # PEFT's file names and the prefix of every key in its adapter files (a PeftModel holds a LoraModel
 # as `base_model`, which holds the transformers model as `model`).
@@ -637,28 +637,6 @@ def _adapter_config(model, layers, adapter_name, task_type, base_model_name_or_p
     }
 
 
-def _write_folder_atomically(folder: Path, write) -> None:
-    """Call `write(tmp)` to fill a fresh temporary folder beside `folder`, then move the result in.
-
-    A new folder appears by one rename, complete or not at all. Into an existing folder (which may
-    hold other files, e.g. a checkpoint's) each file is moved by its own rename, only after all of
-    them were written, so a failure while writing leaves the old files untouched.
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        write(tmp)
-        if not folder.exists():
-            os.replace(tmp, folder)
-            return
-        for file in sorted(tmp.iterdir(), key=lambda f: f.name == ADAPTER_CONFIG_NAME):  # config last
-            os.replace(file, folder / file.name)
-        tmp.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_adapter(
     model: nn.Module,
     folder: str | os.PathLike,
@@ -673,7 +651,7 @@ def save_adapter(
     `PeftModel.from_pretrained(base_model, folder)` loads it, onto this GPT or onto stock GPT-2.
     The modules to save (default: those given to `inject_lora`; e.g. `score` for a reward model,
     with `task_type="SEQ_CLS"`) are stored in full under `base_model.model.<module name>.<param>`,
-    as PEFT stores them. The folder is written atomically (see `_write_folder_atomically`).
+    as PEFT stores them. The folder is written atomically (`hf_llm.folders.write_folder_atomically`).
     `base_model_name_or_path` defaults to `model.config._name_or_path`. Returns the folder.
     """
     from safetensors.torch import save_file
@@ -698,7 +676,7 @@ def save_adapter(
         (tmp / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     folder = Path(folder)
-    _write_folder_atomically(folder, write)
+    write_folder_atomically(folder, write, last=ADAPTER_CONFIG_NAME)  # the config last: it marks a complete adapter
     return folder
 
 
