@@ -33,3 +33,15 @@ def save_stock_classifier(path, seed=0, num_labels=2, pad_token_id=0, **override
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+def weights_digest(model) -> str:
+    """sha256 over the trainable parameters (names and values): equal digests mean equal replicas."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
