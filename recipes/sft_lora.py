@@ -62,8 +62,10 @@ def main(model_args, data_args, run_args, training_args):
         if disabled:  # the base model's held-out loss: the before of the tutorial's before/after
             base = trainer.evaluate(metric_key_prefix="eval_base")
             metrics.update({k: v for k, v in base.items() if k.endswith("_loss")})
-    if trainer.is_world_process_zero():
-        compare_answers(trainer.model, tokenizer, data["test"]["prompt"][:3], training_args.output_dir, run_args.sample_max_new_tokens)
+    compare_answers(
+        trainer.model, tokenizer, data["test"]["prompt"][:3], training_args.output_dir, run_args.sample_max_new_tokens,
+        write=trainer.is_world_process_zero(),
+    )
 
     run.finish(
         trainer,

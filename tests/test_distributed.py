@@ -2,7 +2,6 @@
 and FSDP 2 (`recipes/accelerate_configs/fsdp.yaml`). Per-step losses are read from the Trainer's own
 checkpoint files (`checkpoint-N/trainer_state.json`)."""
 
-import inspect
 import json
 import os
 import re
@@ -15,7 +14,6 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO_ROOT
-from hf_llm.training.run import finish_run
 
 RECIPES = REPO_ROOT / "recipes"
 FSDP_CONFIG = RECIPES / "accelerate_configs" / "fsdp.yaml"
@@ -80,14 +78,6 @@ def assert_same_model(a: Path, b: Path):
     assert_same_tensors(GPTForCausalLM.from_pretrained(a).state_dict(), GPTForCausalLM.from_pretrained(b).state_dict())
 
 
-# finish_run's replica check hashes parameters with .numpy(), which FSDP's sharded parameters refuse;
-# it is being removed from the library. Until then a two-process FSDP recipe run ends with that error.
-DIGEST_IN_FINISH_RUN = "weights_digest(" in inspect.getsource(finish_run)
-fails_until_digest_removed = pytest.mark.xfail(
-    DIGEST_IN_FINISH_RUN, strict=True, reason="finish_run's weights_digest fails on FSDP's DTensor parameters (.numpy())"
-)
-
-
 # ---------------------------------------------------------------- pretraining: DDP, FSDP, FSDP resumed
 
 def pretrain_args(out: Path, config: Path) -> list[str]:
@@ -102,10 +92,9 @@ def pretrain_args(out: Path, config: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pretrain_config(tmp_path_factory) -> Path:
-    # No sample prompts: pretrain.py samples on rank 0 only, which FSDP cannot do
-    # (test_sft_lora_fsdp_run_finishes shows the same fault in sft_lora.py).
+    # Sample prompts at each evaluation: every process generates under FSDP (the main one writes).
     path = tmp_path_factory.mktemp("config") / "pretrain.yaml"
-    path.write_text("sample_prompts: []\n")
+    path.write_text("sample_prompts: ['def ']\nsample_max_new_tokens: 4\n")
     return path
 
 
@@ -121,7 +110,6 @@ def fsdp_pretrain(tmp_path_factory, pretrain_config):
     return out, launch([str(LAUNCH_RECIPE), *pretrain_args(out, pretrain_config)], port=29522, config=FSDP_CONFIG)
 
 
-@fails_until_digest_removed
 def test_pretrain_fsdp_ends_like_ddp(ddp_pretrain, fsdp_pretrain):
     (ddp_out, ddp), (fsdp_out, fsdp) = ddp_pretrain, fsdp_pretrain
     assert_succeeded(ddp)
@@ -135,7 +123,6 @@ def test_pretrain_fsdp_ends_like_ddp(ddp_pretrain, fsdp_pretrain):
     assert_same_model(ddp_out, fsdp_out)
 
 
-@fails_until_digest_removed
 def test_fsdp_checkpoint_resumes_like_an_uninterrupted_run(tmp_path, fsdp_pretrain, pretrain_config):
     uninterrupted_out, uninterrupted = fsdp_pretrain
     assert_succeeded(uninterrupted)
@@ -156,11 +143,6 @@ def test_fsdp_checkpoint_resumes_like_an_uninterrupted_run(tmp_path, fsdp_pretra
     assert_same_model(uninterrupted_out, out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="under FSDP 2 the model's class is torch's generated FSDPGPTForCausalLM: save_pretrained copies torch's "
-    "_fsdp_*.py files instead of modeling_gpt.py and writes auto_map AutoModelForCausalLM: _fsdp_init.FSDPGPTForCausalLM",
-)
 def test_fsdp_pretrained_model_loads_as_its_card_says(fsdp_pretrain):
     from test_recipes import run_card_snippet
 
@@ -223,12 +205,6 @@ def test_sft_lora_fsdp_trains_like_ddp(ddp_sft, fsdp_sft):
     assert_same_adapter(ddp_out / "checkpoint-4", checkpoint)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sft_lora.py generates its answers (compare_answers) on rank 0 only: under FSDP that forward waits for "
-    "parameter all-gathers the other rank never joins, and the launch dies in a collective mismatch (and, until it "
-    "is removed, finish_run's weights_digest fails on FSDP's DTensor parameters)",
-)
 def test_sft_lora_fsdp_run_finishes(ddp_sft, fsdp_sft):
     (ddp_out, _), (fsdp_out, fsdp) = ddp_sft, fsdp_sft
     assert_succeeded(fsdp)

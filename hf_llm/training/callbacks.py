@@ -88,16 +88,19 @@ class SampleGenerationCallback(TrainerCallback):
         self.max_new_tokens = max_new_tokens
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if model is None or not state.is_world_process_zero or not self.prompts:
+        if model is None or not self.prompts:
             return
+        # Every process generates (a sharded model's forward needs all of them), the main one writes.
         was_training = model.training
         model.eval()
+        samples = [(prompt, greedy_continuation(model, self.tokenizer, prompt, self.max_new_tokens)) for prompt in self.prompts]
+        model.train(was_training)
+        if not state.is_world_process_zero:
+            return
         with open(Path(args.output_dir) / "samples.jsonl", "a") as handle:
-            for prompt in self.prompts:
-                completion = greedy_continuation(model, self.tokenizer, prompt, self.max_new_tokens)
+            for prompt, completion in samples:
                 handle.write(json.dumps({"step": state.global_step, "prompt": prompt, "completion": completion}) + "\n")
                 print(f"\n[step {state.global_step}] {prompt!r} -> {completion!r}")
-        model.train(was_training)
 
 
 def guarded(trainer_class, *mixins):

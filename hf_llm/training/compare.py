@@ -7,8 +7,10 @@ from .adapters import adapter_disabled
 from .generation import greedy_continuation
 
 
-def compare_answers(model, tokenizer, prompts, output_dir, max_new_tokens: int = 64) -> list[dict]:
-    """Greedy answers to `prompts` from the fine-tuned model and from its base; written to answers.jsonl."""
+def compare_answers(model, tokenizer, prompts, output_dir, max_new_tokens: int = 64, write: bool = True) -> list[dict]:
+    """Greedy answers to `prompts` from the fine-tuned model and from its base; written to answers.jsonl
+    if `write`. Under multi-process training every process calls it (a sharded model's forward needs
+    all of them) and only the main one writes."""
     model.eval()
     rows = []
     for prompt in prompts:
@@ -17,6 +19,8 @@ def compare_answers(model, tokenizer, prompts, output_dir, max_new_tokens: int =
             if disabled:
                 row["base"] = greedy_continuation(model, tokenizer, prompt, max_new_tokens)
         rows.append(row)
+    if not write:
+        return rows
     path = Path(output_dir)
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "answers.jsonl", "w") as handle:

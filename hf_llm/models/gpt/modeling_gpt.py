@@ -254,6 +254,19 @@ class GPTPreTrainedModel(PreTrainedModel):
             std = self.config.initializer_range / (2 * self.config.n_layer) ** 0.5
             init.normal_(module.c_proj.weight, mean=0.0, std=std)
 
+    def save_pretrained(self, *args, **kwargs):
+        # FSDP 2 swaps the model's class for torch's generated FSDP<Class>; saved as that, the folder's
+        # remote code and auto_map would be torch's FSDP modules. Save as the class it wraps.
+        sharded_class = type(self)
+        own_class = next(c for c in sharded_class.__mro__ if not c.__module__.startswith("torch.distributed."))
+        if own_class is sharded_class:
+            return super().save_pretrained(*args, **kwargs)
+        self.__class__ = own_class
+        try:
+            return super().save_pretrained(*args, **kwargs)
+        finally:
+            self.__class__ = sharded_class
+
 
 class GPTModel(GPTPreTrainedModel):
     """The bare GPT-2 transformer: embeddings, blocks and final LayerNorm, returning hidden states."""
