@@ -14,14 +14,13 @@ from transformers import TrainingArguments, default_data_collator
 
 from hf_llm.training.arguments import DataArguments, ModelArguments, PretrainArguments, RunArguments, TrustArguments
 from hf_llm.training.callbacks import SampleGenerationCallback
-from hf_llm.training.datasets import load_text_corpus
+from hf_llm.training.recipe_data import blocks_dataset, check_block_size, load_text_corpus
 from hf_llm.training.defaults import cpu_only
-from hf_llm.training.packing import blocks_dataset
 from hf_llm.training.run import (
     TRAINING_KEYS, GuardedTrainer, begin_run, finish_run, hyperparameters, recipe_main,
 )
 from hf_llm.training.setup import (
-    check_block_size, check_vocab_agreement, load_model, mark_run, resolve_tokenizer,
+    check_vocab_agreement, load_model, mark_run, resolve_tokenizer,
 )
 
 RECIPE = "pretrain"  # the name this recipe's runs are recorded under in their output_dir

@@ -12,7 +12,7 @@ from trl import RewardConfig, RewardTrainer
 
 from hf_llm.training.arguments import DataArguments, LoraArguments, ModelArguments, RunArguments
 from hf_llm.training.callbacks import ExactPairMetricsMixin
-from hf_llm.training.datasets import load_preference_data
+from hf_llm.training.recipe_data import enforce_length_limit, load_preference_data
 from hf_llm.training.defaults import DEFAULT_BASE_MODEL, bf16_available, cpu_only
 from hf_llm.training.outputs import how_to_load
 from hf_llm.training.lora_setup import apply_lora, save_extra
@@ -20,7 +20,7 @@ from hf_llm.training.run import (
     TRAINING_KEYS, finish_run, begin_run, guarded, hyperparameters, recipe_main,
 )
 from hf_llm.training.setup import (
-    check_vocab_agreement, enforce_length_limit, load_model, mark_run, resolve_tokenizer,
+    check_vocab_agreement, load_model, mark_run, resolve_tokenizer,
 )
 
 RECIPE = "reward_modeling"  # the name this recipe's runs are recorded under in their output_dir

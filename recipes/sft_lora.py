@@ -13,7 +13,7 @@ from trl import SFTConfig, SFTTrainer
 
 from hf_llm.training.arguments import DataArguments, LoraArguments, ModelArguments, RunArguments
 from hf_llm.training.compare import compare_answers
-from hf_llm.training.datasets import load_sft_data
+from hf_llm.training.recipe_data import enforce_length_limit, load_sft_data
 from hf_llm.training.defaults import DEFAULT_BASE_MODEL, bf16_available, cpu_only
 from hf_llm.training.outputs import how_to_load
 from hf_llm.training.lora_setup import adapter_disabled, apply_lora, save_extra
@@ -21,7 +21,7 @@ from hf_llm.training.run import (
     TRAINING_KEYS, finish_run, begin_run, guarded, hyperparameters, recipe_main,
 )
 from hf_llm.training.setup import (
-    check_vocab_agreement, enforce_length_limit, load_model, mark_run, resolve_tokenizer,
+    check_vocab_agreement, load_model, mark_run, resolve_tokenizer,
 )
 
 RECIPE = "sft_lora"  # the name this recipe's runs are recorded under in their output_dir

@@ -320,7 +320,7 @@ def _n_tokens(tokenizer, text):
 
 
 def test_sft_too_long_drop_removes_rows_and_truncate_drops_only_rows_with_no_room_for_the_response():
-    from hf_llm.training.setup import enforce_length_limit
+    from hf_llm.training.recipe_data import enforce_length_limit
 
     tokenizer, model, Dataset, DatasetDict = _length_setup(limit=24)
     eos = tokenizer.eos_token
@@ -340,7 +340,8 @@ def test_sft_too_long_drop_removes_rows_and_truncate_drops_only_rows_with_no_roo
 
 
 def test_reward_length_check_counts_the_eos_the_trainer_appends_and_drops_whole_pairs():
-    from hf_llm.training.setup import RecipeError, enforce_length_limit
+    from hf_llm.training.recipe_data import enforce_length_limit
+    from hf_llm.training.setup import RecipeError
 
     tokenizer, model, Dataset, DatasetDict = _length_setup(limit=64)
     prompt, short, long = "Which is better?\n", "yes", "no, " * 30

@@ -1,0 +1,199 @@
+"""The recipes' data: a user's data set (Hub name, file or folder) mapped to the recipe's schema, or the
+embedded standard-library data when none is given (always a DatasetDict with "train" and "test"); the
+length policy for rows longer than the context; and the fixed-length blocks pretraining trains on."""
+
+import logging
+
+from datasets import Dataset, DatasetDict
+
+from .. import data as data_layer
+from .. import stdlib_data
+from .setup import RecipeError
+
+logger = logging.getLogger("hf_llm")
+
+
+def _load_and_split(data_args, seed: int, builder, split_single_text: bool = False) -> DatasetDict:
+    raw = data_layer.load_raw_dataset(
+        data_args.dataset_name, split=data_args.dataset_split, **({"name": data_args.dataset_config} if data_args.dataset_config else {})
+    )
+    mapped = builder(raw)
+    if split_single_text and len(mapped) == 1:
+        # One document (a book, say): hold out its last characters, as the tutorials split "The Verdict".
+        text = mapped[0]["text"]
+        cut = int(len(text) * (1 - data_args.eval_split_fraction))
+        splits = DatasetDict({"train": Dataset.from_dict({"text": [text[:cut]]}), "test": Dataset.from_dict({"text": [text[cut:]]})})
+    else:
+        splits = data_layer.train_test_split_deterministic(mapped, data_args.eval_split_fraction, seed)
+    return _limit(splits, data_args)
+
+
+def _limit(splits: DatasetDict, data_args) -> DatasetDict:
+    out = {}
+    for name, cap in (("train", data_args.max_train_samples), ("test", data_args.max_eval_samples)):
+        ds: Dataset = splits[name]
+        out[name] = ds.select(range(min(cap, len(ds)))) if cap is not None else ds
+    return DatasetDict(out)
+
+
+def load_text_corpus(data_args, seed: int = 42) -> DatasetDict:
+    """Texts for pretraining ("text" column)."""
+    if data_args.dataset_name is None:
+        return _limit(stdlib_data.stdlib_corpus(), data_args)
+    return _load_and_split(
+        data_args,
+        seed,
+        lambda raw: data_layer.to_text(raw, text_field=data_args.text_field, repository_name=data_args.repository_name),
+        split_single_text=True,
+    )
+
+
+def load_sft_data(data_args, eos_token: str, seed: int = 42) -> DatasetDict:
+    """Prompt/completion pairs for supervised fine-tuning; the completion ends with `eos_token`."""
+    template = data_args.prompt_template
+    if data_args.dataset_name is None:
+        splits = stdlib_data.stdlib_instructions()
+        mapped = {k: data_layer.to_prompt_completion(v, template=template, eos_token=eos_token) for k, v in splits.items()}
+        return _limit(DatasetDict(mapped), data_args)
+    return _load_and_split(data_args, seed, lambda raw: data_layer.to_prompt_completion(raw, template=template, eos_token=eos_token))
+
+
+def load_preference_data(data_args, seed: int = 42) -> DatasetDict:
+    """prompt/chosen/rejected triples for reward modelling."""
+    template = data_args.prompt_template
+    if data_args.dataset_name is None:
+        splits = stdlib_data.stdlib_preferences()
+        mapped = {k: data_layer.to_preference(v, template=template) for k, v in splits.items()}
+        return _limit(DatasetDict(mapped), data_args)
+    return _load_and_split(data_args, seed, lambda raw: data_layer.to_preference(raw, template=template))
+
+
+# --- rows longer than the context ---------------------------------------------------------------
+
+
+def check_block_size(block_size: int, model) -> int:
+    """Blocks must fit the model's context."""
+    if block_size > model.config.n_positions:
+        raise RecipeError(
+            f"--block_size {block_size} is longer than the model's context (n_positions={model.config.n_positions}). "
+            f"Use --block_size {model.config.n_positions} or less."
+        )
+    return block_size
+
+
+def enforce_length_limit(
+    data,
+    tokenizer,
+    model,
+    max_length: int | None,
+    too_long: str,
+    sequences,
+    *,
+    eos_appended_by_trainer: str | None = None,
+    truncatable_after: str | None = None,
+):
+    """Apply `too_long` to rows longer than the context, as the trainer will see them.
+
+    `sequences` lists the fields the trainer joins into each token sequence of a row, e.g.
+    `[("prompt", "completion")]`, or `[("prompt", "chosen"), ("prompt", "rejected")]` for a pair; a row
+    is too long if any of its sequences is. `eos_appended_by_trainer` is an end-of-text string the
+    trainer appends to each sequence that lacks it (TRL's RewardTrainer), so it is counted here.
+    `truncatable_after` names the field the trainer's truncation (which keeps the start) must leave
+    room after, as SFT needs some of the completion to learn from; None means the trainer cannot
+    truncate (it drops), so 'truncate' is refused.
+
+    - 'refuse': a RecipeError naming the rows;
+    - 'drop': those rows are removed here, with a warning;
+    - 'truncate': the trainer cuts them to the limit, with a warning; rows whose `truncatable_after`
+      field alone fills the limit would have nothing left to learn from and are removed here.
+
+    Returns (data, the length limit the trainer must use: the smaller of max_length and n_positions).
+    """
+    if too_long not in ("truncate", "drop", "refuse"):
+        raise RecipeError(f"--too_long must be 'truncate', 'drop' or 'refuse', got {too_long!r}.")
+    if too_long == "truncate" and truncatable_after is None:
+        raise RecipeError(
+            "--too_long truncate is not available here: the trainer does not truncate these rows (a pair cut "
+            "short would compare partial answers). Use --too_long drop or refuse."
+        )
+    limit = min(max_length or model.config.n_positions, model.config.n_positions)
+
+    def length(texts):
+        if eos_appended_by_trainer:
+            texts = [t if t.endswith(eos_appended_by_trainer) else t + eos_appended_by_trainer for t in texts]
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    result = {}
+    for split, ds in data.items():
+        if len(ds) == 0:
+            raise RecipeError(f"The {split} split has no rows (is --max_train_samples / --max_eval_samples 0?). Give it some data.")
+        longest = [0] * len(ds)
+        for fields in sequences:
+            lengths = length(["".join(row[f] for f in fields) for row in ds])
+            longest = [max(a, b) for a, b in zip(longest, lengths)]
+        long_rows = [i for i, n in enumerate(longest) if n > limit]
+        result[split] = ds
+        if not long_rows:
+            continue
+        if too_long == "refuse":
+            raise RecipeError(
+                f"{len(long_rows)} {split} rows are longer than {limit} tokens (the limit: max_length / the model's "
+                f"n_positions={model.config.n_positions}), e.g. rows {long_rows[:5]} with {[longest[i] for i in long_rows[:5]]} "
+                f"tokens. Shorten them, or pass --too_long {'truncate (or drop)' if truncatable_after else 'drop'}."
+            )
+        drop = set(long_rows) if too_long == "drop" else set()
+        if too_long == "truncate":
+            heads = length([ds[i][truncatable_after] for i in long_rows])
+            drop = {i for i, n in zip(long_rows, heads) if n >= limit}
+            if len(long_rows) > len(drop):
+                logger.warning(
+                    "%d of %d %s rows exceed %d tokens and will be truncated to it.", len(long_rows) - len(drop), len(ds), split, limit
+                )
+        if drop:
+            why = "" if too_long == "drop" else f" (their {truncatable_after} alone fills the limit)"
+            logger.warning("%d of %d %s rows exceed %d tokens and are dropped%s.", len(drop), len(ds), split, limit, why)
+            result[split] = ds.select([i for i in range(len(ds)) if i not in drop])
+            if len(result[split]) == 0:
+                raise RecipeError(f"Every {split} row is longer than {limit} tokens: raise --max_length or use shorter data.")
+    return type(data)(result), limit
+
+
+# --- fixed-length blocks for pretraining: the sliding-window loader of the tutorials ---------------
+
+def token_stream(texts, tokenizer, eos_token_id: int | None) -> list[int]:
+    """Tokenize every text and join them into one stream, with end-of-text between documents."""
+    stream: list[int] = []
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    for ids in encoded:
+        stream.extend(ids)
+        if eos_token_id is not None:
+            stream.append(eos_token_id)
+    return stream
+
+
+def sliding_blocks(stream: list[int], block_size: int, stride: int | None = None) -> list[list[int]]:
+    """Windows of `block_size` tokens starting every `stride` tokens (stride = block_size: no overlap).
+
+    Each window trains the model to predict its tokens 2..block_size from the ones before (the
+    labels are the inputs, shifted inside the model). A tail shorter than a block is dropped.
+    """
+    if block_size < 2:
+        raise RecipeError(f"--block_size must be at least 2, got {block_size}.")
+    stride = block_size if stride is None else stride
+    if stride < 1:
+        raise RecipeError(f"--stride must be a positive number of tokens (or unset, for block_size), got {stride}.")
+    return [stream[start : start + block_size] for start in range(0, len(stream) - block_size + 1, stride)]
+
+
+def blocks_dataset(texts, tokenizer, block_size: int, stride: int | None = None, split_name: str = "train") -> Dataset:
+    """A Dataset of `input_ids`/`labels` blocks built from `texts`; a clear error if the texts are too short."""
+    if len(texts) == 0:
+        raise RecipeError(f"The {split_name} texts are empty (is --max_train_samples / --max_eval_samples 0?). Give it some data.")
+    stream = token_stream(texts, tokenizer, tokenizer.eos_token_id)
+    blocks = sliding_blocks(stream, block_size, stride)
+    if not blocks:
+        raise RecipeError(
+            f"The {split_name} texts give {len(stream)} tokens, fewer than one block of {block_size}. "
+            f"Use more data or a smaller --block_size."
+        )
+    return Dataset.from_dict({"input_ids": blocks, "labels": [list(b) for b in blocks]})
