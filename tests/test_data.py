@@ -20,8 +20,8 @@ from hf_llm.data import (
     to_preference,
     to_prompt_completion,
     to_text,
-    train_test_split_deterministic,
 )
+from hf_llm.training.recipe_data import split_train_test
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEAD = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -303,16 +303,18 @@ def test_folder_reads_every_supported_file_sorted(tmp_path):
 
 def test_train_test_split_is_deterministic():
     ds = Dataset.from_dict({"text": [str(i) for i in range(100)]})
-    a = train_test_split_deterministic(ds, 0.1, seed=3)
-    b = train_test_split_deterministic(ds, 0.1, seed=3)
+    a = split_train_test(ds, 0.1, seed=3)
+    b = split_train_test(ds, 0.1, seed=3)
     assert (len(a["train"]), len(a["test"])) == (90, 10)
     assert a["test"]["text"] == b["test"]["text"]
     assert set(a["train"]["text"]).isdisjoint(a["test"]["text"])
-    assert train_test_split_deterministic(ds, 0.1, seed=4)["test"]["text"] != a["test"]["text"]
-    tiny = train_test_split_deterministic(Dataset.from_dict({"text": ["a", "b"]}), 0.01, seed=0)
+    assert split_train_test(ds, 0.1, seed=4)["test"]["text"] != a["test"]["text"]
+    tiny = split_train_test(Dataset.from_dict({"text": ["a", "b"]}), 0.01, seed=0)
     assert (len(tiny["train"]), len(tiny["test"])) == (1, 1)
     with pytest.raises(ValueError):
-        train_test_split_deterministic(ds, 1.0, seed=0)
+        split_train_test(ds, 1.0, seed=0)
+    with pytest.raises(DataFormatError, match="cannot be split"):
+        split_train_test(Dataset.from_dict({"text": ["a"]}), 0.1, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -377,6 +379,26 @@ def test_empty_file(tmp_path, suffix):
     with pytest.raises(DataFormatError, match="empty") as info:
         load_raw_dataset(path)
     assert str(path) in str(info.value)
+
+
+def test_inputs_the_readers_mishandle_are_refused_clearly(tmp_path):
+    # A null row crashes pyarrow's JSON reader (apache/arrow#47409); it must be refused before it gets there.
+    (tmp_path / "null.jsonl").write_text('{"text": "a"}\nnull\n', encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"row 1 \(line 2\) is null, not an object"):
+        load_raw_dataset(tmp_path / "null.jsonl")
+    (tmp_path / "null.json").write_text('[null, {"text": "a"}]', encoding="utf-8")
+    with pytest.raises(DataFormatError, match="row 0 is null, not an object"):
+        load_raw_dataset(tmp_path / "null.json")
+    # pandas only warns, and drops the value, when a CSV row has more values than the header.
+    (tmp_path / "wide.csv").write_text("instruction,output\nAdd,1,2\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="wide.csv.*Fix: quote values with commas"):
+        load_raw_dataset(tmp_path / "wide.csv")
+    # CSV values stay text, even when every value of a column looks like a number.
+    (tmp_path / "numbers.csv").write_text("instruction,output\nAdd 1 and 1,2\n", encoding="utf-8")
+    assert load_raw_dataset(tmp_path / "numbers.csv")["output"] == ["2"]
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "zero.parquet")
+    with pytest.raises(DataFormatError, match="zero.parquet: no rows"):
+        load_raw_dataset(tmp_path / "zero.parquet")
 
 
 def test_no_rows(tmp_path):

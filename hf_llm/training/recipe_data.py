@@ -24,8 +24,26 @@ def _load_and_split(data_args, seed: int, builder, split_single_text: bool = Fal
         cut = int(len(text) * (1 - data_args.eval_split_fraction))
         splits = DatasetDict({"train": Dataset.from_dict({"text": [text[:cut]]}), "test": Dataset.from_dict({"text": [text[cut:]]})})
     else:
-        splits = data_layer.train_test_split_deterministic(mapped, data_args.eval_split_fraction, seed)
+        splits = split_train_test(mapped, data_args.eval_split_fraction, seed)
     return _limit(splits, data_args)
+
+
+def split_train_test(ds: Dataset, test_fraction: float = 0.1, seed: int = 42) -> DatasetDict:
+    """Hold out round(len * test_fraction) rows (at least one, and at least one left to train on) as "test",
+    with `Dataset.train_test_split`: the same rows on every run and machine for a given seed.
+
+    Raises:
+        ValueError: test_fraction not strictly between 0 and 1.
+        DataFormatError: fewer than two rows.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}.")
+    if len(ds) < 2:
+        raise data_layer.DataFormatError(
+            f"{ds.info.dataset_name or 'the data set'}: {len(ds)} row(s) cannot be split into train and test. "
+            f"Fix: give at least two rows, or pass a separate evaluation set."
+        )
+    return ds.train_test_split(test_size=min(max(1, round(len(ds) * test_fraction)), len(ds) - 1), seed=seed)
 
 
 def _limit(splits: DatasetDict, data_args) -> DatasetDict:
