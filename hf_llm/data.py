@@ -403,11 +403,11 @@ def to_text(ds, text_field: str | None = None, repository_name: str | None = Non
     return Dataset(pa.table({"text": texts.filter(pc.invert(blank))}))
 
 
-def to_prompt_completion(ds, template: str | None = None, eos_token: str | None = "<|endoftext|>") -> Dataset:
+def to_prompt_completion(ds, template: str | None = None) -> Dataset:
     """Map rows to "prompt" and "completion", for supervised fine-tuning: Alpaca rows ("instruction", "output",
     optional "input"; a "text" column is ignored) get `format_prompt(instruction, input, template)` and their
-    output; prompt/completion rows stay as they are. Each completion ends with `eos_token` (appended unless there;
-    None appends nothing), so the model learns to stop. A missing, non-text or empty field is a DataFormatError."""
+    output; prompt/completion rows stay as they are. No end-of-text is appended: TRL's SFTTrainer appends its
+    tokenizer's EOS to each completion that lacks it. A missing, non-text or empty field is a DataFormatError."""
     columns, source = _columns_and_source(ds, "to_prompt_completion")
     fix = "give the rows instruction/output (and optionally input) or prompt/completion fields"
     if _pick_schema(columns, source, ("prompt_completion", "alpaca"), "to_prompt_completion", fix) == "prompt_completion":
@@ -420,8 +420,6 @@ def to_prompt_completion(ds, template: str | None = None, eos_token: str | None 
         completions = _strings(source, "output", table.column("output"), non_empty=True, what="response")
     if len(prompts) == 0:
         raise _error(source, "no rows", "give at least one row")
-    if eos_token:
-        completions = pc.if_else(pc.ends_with(completions, eos_token), completions, pc.binary_join_element_wise(completions, eos_token, ""))
     return Dataset(pa.table({"prompt": prompts, "completion": completions}))
 
 

@@ -168,17 +168,39 @@ def test_alpaca_rows_to_prompt_completion(tmp_path, writer, suffix):
     assert detect_schema(raw) == "alpaca"
     out = to_prompt_completion(raw)
     assert out.column_names == ["prompt", "completion"]
-    assert out[0] == {"prompt": _alpaca_prompt(ALPACA_ROWS[0]["instruction"]), "completion": ALPACA_ROWS[0]["output"] + "<|endoftext|>"}
+    # No end-of-text here: TRL's SFTTrainer appends it (test_sft_trainer_appends_the_end_of_text_once).
+    assert out[0] == {"prompt": _alpaca_prompt(ALPACA_ROWS[0]["instruction"]), "completion": ALPACA_ROWS[0]["output"]}
     assert out[1]["prompt"] == _alpaca_prompt("Translate the sentence into French.", "Good morning.")
-    assert out[1]["completion"] == "Bonjour.<|endoftext|>"
+    assert out[1]["completion"] == "Bonjour."
 
 
-def test_alpaca_rows_without_input_field_and_custom_eos():
+def test_alpaca_rows_without_input_field_keep_their_output():
     rows = [{"instruction": "Say hi.", "output": "Hi."}, {"instruction": "Say bye.", "input": None, "output": "Bye.</s>"}]
-    out = to_prompt_completion(rows, eos_token="</s>")
+    out = to_prompt_completion(rows)
     assert out["prompt"] == [_alpaca_prompt("Say hi."), _alpaca_prompt("Say bye.")]
-    assert out["completion"] == ["Hi.</s>", "Bye.</s>"]  # not doubled
-    assert to_prompt_completion(rows, eos_token=None)["completion"] == ["Hi.", "Bye.</s>"]
+    assert out["completion"] == ["Hi.", "Bye.</s>"]
+
+
+def test_sft_trainer_appends_the_end_of_text_once(tmp_path):
+    """to_prompt_completion leaves end-of-text to TRL's SFTTrainer, which appends its tokenizer's EOS to each
+    completion that lacks it: every training sequence ends with exactly one."""
+    from trl import SFTConfig, SFTTrainer
+
+    from hf_llm import GPTConfig, GPTForCausalLM
+    from hf_llm.tokenizers import load_tokenizer
+    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
+
+    tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
+    eos = tokenizer.eos_token
+    data = to_prompt_completion([{"prompt": "2+2=", "completion": "4"}, {"prompt": "3+3=", "completion": "6" + eos}])
+    assert data["completion"] == ["4", "6" + eos]
+    model = GPTForCausalLM(GPTConfig(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=len(tokenizer)))
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_length=32)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    sequences = trainer.train_dataset["input_ids"]
+    assert [tokenizer.decode(ids) for ids in sequences] == ["2+2=4" + eos, "3+3=6" + eos]
+    for ids in sequences:
+        assert ids[-1] == tokenizer.eos_token_id and ids[-2] != tokenizer.eos_token_id
 
 
 def test_prompt_completion_rows_pass_through(tmp_path):
@@ -186,7 +208,7 @@ def test_prompt_completion_rows_pass_through(tmp_path):
     raw = load_raw_dataset(_write_parquet(tmp_path / "pc.parquet", rows))
     assert detect_schema(raw) == "prompt_completion"
     out = to_prompt_completion(raw, template="ignored {instruction}")
-    assert out.to_list() == [{"prompt": "2+2=", "completion": "4<|endoftext|>"}, {"prompt": "3+3=", "completion": "6<|endoftext|>"}]
+    assert out.to_list() == rows
 
 
 @pytest.mark.parametrize("writer,suffix", [(_write_jsonl, ".jsonl"), (_write_parquet, ".parquet")])
@@ -317,6 +339,27 @@ def test_train_test_split_is_deterministic():
         split_train_test(Dataset.from_dict({"text": ["a"]}), 0.1, seed=0)
 
 
+def test_length_policy_counts_the_end_of_text_the_trainer_appends():
+    """SFT rows carry no EOS (SFTTrainer appends it), so a row of exactly the limit without it is one token too long."""
+    from types import SimpleNamespace
+
+    from hf_llm.tokenizers import load_tokenizer
+    from hf_llm.training.defaults import DEFAULT_BASE_MODEL
+    from hf_llm.training.recipe_data import enforce_length_limit
+
+    tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
+    model = SimpleNamespace(config=SimpleNamespace(n_positions=24))
+    prompt = "def add(a, b):\n"
+    completion = tokenizer.decode(tokenizer(prompt + "    return a + b\n" * 10)["input_ids"][:24])[len(prompt):]
+    assert len(tokenizer(prompt + completion)["input_ids"]) == 24
+    data = DatasetDict(train=Dataset.from_dict({"prompt": [prompt, prompt], "completion": [completion, "    pass\n"]}))
+    sft = dict(sequences=[("prompt", "completion")], truncatable_after="prompt")
+    kept, limit = enforce_length_limit(data, tokenizer, model, None, "drop", **sft)
+    assert limit == 24 and kept["train"]["completion"] == ["    pass\n"]
+    without_eos, _ = enforce_length_limit(data, tokenizer, model, None, "drop", **sft, eos_appended_by_trainer="")
+    assert without_eos["train"]["completion"] == [completion, "    pass\n"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # The shared real files
 
@@ -332,7 +375,7 @@ def test_shared_instruction_data(shared_data):
             expected = HEAD + f"\n\n### Instruction:\n{row['instruction']}\n\n### Input:\n{row['input']}\n\n### Response:\n"
         else:
             expected = HEAD + f"\n\n### Instruction:\n{row['instruction']}\n\n### Response:\n"
-        assert mapped == {"prompt": expected, "completion": row["output"] + "<|endoftext|>"}
+        assert mapped == {"prompt": expected, "completion": row["output"]}
     assert out[0]["prompt"].endswith("### Input:\nfreind --> friend\n\n### Response:\n")
 
 

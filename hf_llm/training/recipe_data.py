@@ -66,14 +66,15 @@ def load_text_corpus(data_args, seed: int = 42) -> DatasetDict:
     )
 
 
-def load_sft_data(data_args, eos_token: str, seed: int = 42) -> DatasetDict:
-    """Prompt/completion pairs for supervised fine-tuning; the completion ends with `eos_token`."""
+def load_sft_data(data_args, seed: int = 42, *, eos_token: str | None = None) -> DatasetDict:
+    """Prompt/completion pairs for supervised fine-tuning, without end-of-text: TRL's SFTTrainer appends its
+    tokenizer's EOS to each completion. `eos_token` is not used; it stays until recipes/sft_lora.py stops
+    passing it."""
     template = data_args.prompt_template
     if data_args.dataset_name is None:
         splits = stdlib_data.stdlib_instructions()
-        mapped = {k: data_layer.to_prompt_completion(v, template=template, eos_token=eos_token) for k, v in splits.items()}
-        return _limit(DatasetDict(mapped), data_args)
-    return _load_and_split(data_args, seed, lambda raw: data_layer.to_prompt_completion(raw, template=template, eos_token=eos_token))
+        return _limit(DatasetDict({k: data_layer.to_prompt_completion(v, template=template) for k, v in splits.items()}), data_args)
+    return _load_and_split(data_args, seed, lambda raw: data_layer.to_prompt_completion(raw, template=template))
 
 
 def load_preference_data(data_args, seed: int = 42) -> DatasetDict:
@@ -114,8 +115,10 @@ def enforce_length_limit(
 
     `sequences` lists the fields the trainer joins into each token sequence of a row, e.g.
     `[("prompt", "completion")]`, or `[("prompt", "chosen"), ("prompt", "rejected")]` for a pair; a row
-    is too long if any of its sequences is. `eos_appended_by_trainer` is an end-of-text string the
-    trainer appends to each sequence that lacks it (TRL's RewardTrainer), so it is counted here.
+    is too long if any of its sequences is. Sequences are tokenized as the trainer does (special tokens
+    included), with the end-of-text the trainer appends to each one that lacks it: `eos_appended_by_trainer`,
+    by default the tokenizer's, which TRL's SFTTrainer appends to the completion and RewardTrainer to chosen
+    and rejected ("" counts none).
     `truncatable_after` names the field the trainer's truncation (which keeps the start) must leave
     room after, as SFT needs some of the completion to learn from; None means the trainer cannot
     truncate (it drops), so 'truncate' is refused.
@@ -136,10 +139,11 @@ def enforce_length_limit(
         )
     limit = min(max_length or model.config.n_positions, model.config.n_positions)
 
-    def length(texts):
-        if eos_appended_by_trainer:
-            texts = [t if t.endswith(eos_appended_by_trainer) else t + eos_appended_by_trainer for t in texts]
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    eos = tokenizer.eos_token if eos_appended_by_trainer is None else eos_appended_by_trainer
+
+    def length(texts, end=""):
+        texts = [t if not end or t.endswith(end) else t + end for t in texts]
+        return [len(ids) for ids in tokenizer(texts)["input_ids"]]
 
     result = {}
     for split, ds in data.items():
@@ -147,7 +151,7 @@ def enforce_length_limit(
             raise RecipeError(f"The {split} split has no rows (is --max_train_samples / --max_eval_samples 0?). Give it some data.")
         longest = [0] * len(ds)
         for fields in sequences:
-            lengths = length(["".join(row[f] for f in fields) for row in ds])
+            lengths = length(["".join(parts) for parts in zip(*(ds[f] for f in fields))], eos)
             longest = [max(a, b) for a, b in zip(longest, lengths)]
         long_rows = [i for i, n in enumerate(longest) if n > limit]
         result[split] = ds
