@@ -1,10 +1,16 @@
-"""Writing a folder so that it is either complete or untouched."""
+"""Local folders: telling a path from a Hub id, and writing a folder so that it is either complete or untouched."""
 
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` can only mean a local path: a Hub id is `name` or `owner/name`, never absolute,
+    never relative-looking (`.`, `~`), never with a backslash or more than one slash."""
+    return name.startswith(("/", ".", "~")) or os.path.isabs(name) or "\\" in name or name.count("/") > 1
 
 
 def write_folder_atomically(folder, write: Callable[[Path], None], *, replace: bool = False, last: str | None = None) -> Path:

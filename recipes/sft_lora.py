@@ -41,7 +41,7 @@ def main(model_args, data_args, run_args, training_args):
 
     # Everything that can fail on bad input runs before the output folder is touched.
     tokenizer = resolve_tokenizer(model_args)
-    data = load_sft_data(data_args, eos_token=tokenizer.eos_token, seed=training_args.seed)
+    data = load_sft_data(data_args, seed=training_args.seed)
     model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=training_args.trust_remote_code)
     check_vocab_agreement(model, tokenizer)
     data, training_args.max_length = enforce_length_limit(

@@ -20,8 +20,8 @@ from hf_llm.data import (
     to_preference,
     to_prompt_completion,
     to_text,
-    train_test_split_deterministic,
 )
+from hf_llm.training.recipe_data import split_train_test
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEAD = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -168,17 +168,39 @@ def test_alpaca_rows_to_prompt_completion(tmp_path, writer, suffix):
     assert detect_schema(raw) == "alpaca"
     out = to_prompt_completion(raw)
     assert out.column_names == ["prompt", "completion"]
-    assert out[0] == {"prompt": _alpaca_prompt(ALPACA_ROWS[0]["instruction"]), "completion": ALPACA_ROWS[0]["output"] + "<|endoftext|>"}
+    # No end-of-text here: TRL's SFTTrainer appends it (test_sft_trainer_appends_the_end_of_text_once).
+    assert out[0] == {"prompt": _alpaca_prompt(ALPACA_ROWS[0]["instruction"]), "completion": ALPACA_ROWS[0]["output"]}
     assert out[1]["prompt"] == _alpaca_prompt("Translate the sentence into French.", "Good morning.")
-    assert out[1]["completion"] == "Bonjour.<|endoftext|>"
+    assert out[1]["completion"] == "Bonjour."
 
 
-def test_alpaca_rows_without_input_field_and_custom_eos():
+def test_alpaca_rows_without_input_field_keep_their_output():
     rows = [{"instruction": "Say hi.", "output": "Hi."}, {"instruction": "Say bye.", "input": None, "output": "Bye.</s>"}]
-    out = to_prompt_completion(rows, eos_token="</s>")
+    out = to_prompt_completion(rows)
     assert out["prompt"] == [_alpaca_prompt("Say hi."), _alpaca_prompt("Say bye.")]
-    assert out["completion"] == ["Hi.</s>", "Bye.</s>"]  # not doubled
-    assert to_prompt_completion(rows, eos_token=None)["completion"] == ["Hi.", "Bye.</s>"]
+    assert out["completion"] == ["Hi.", "Bye.</s>"]
+
+
+def test_sft_trainer_appends_the_end_of_text_once(tmp_path):
+    """to_prompt_completion leaves end-of-text to TRL's SFTTrainer, which appends its tokenizer's EOS to each
+    completion that lacks it: every training sequence ends with exactly one."""
+    from trl import SFTConfig, SFTTrainer
+
+    from hf_llm import GPTConfig, GPTForCausalLM
+    from hf_llm.tokenizers import load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL
+
+    tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
+    eos = tokenizer.eos_token
+    data = to_prompt_completion([{"prompt": "2+2=", "completion": "4"}, {"prompt": "3+3=", "completion": "6" + eos}])
+    assert data["completion"] == ["4", "6" + eos]
+    model = GPTForCausalLM(GPTConfig(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=len(tokenizer)))
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_length=32)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    sequences = trainer.train_dataset["input_ids"]
+    assert [tokenizer.decode(ids) for ids in sequences] == ["2+2=4" + eos, "3+3=6" + eos]
+    for ids in sequences:
+        assert ids[-1] == tokenizer.eos_token_id and ids[-2] != tokenizer.eos_token_id
 
 
 def test_prompt_completion_rows_pass_through(tmp_path):
@@ -186,7 +208,7 @@ def test_prompt_completion_rows_pass_through(tmp_path):
     raw = load_raw_dataset(_write_parquet(tmp_path / "pc.parquet", rows))
     assert detect_schema(raw) == "prompt_completion"
     out = to_prompt_completion(raw, template="ignored {instruction}")
-    assert out.to_list() == [{"prompt": "2+2=", "completion": "4<|endoftext|>"}, {"prompt": "3+3=", "completion": "6<|endoftext|>"}]
+    assert out.to_list() == rows
 
 
 @pytest.mark.parametrize("writer,suffix", [(_write_jsonl, ".jsonl"), (_write_parquet, ".parquet")])
@@ -303,16 +325,39 @@ def test_folder_reads_every_supported_file_sorted(tmp_path):
 
 def test_train_test_split_is_deterministic():
     ds = Dataset.from_dict({"text": [str(i) for i in range(100)]})
-    a = train_test_split_deterministic(ds, 0.1, seed=3)
-    b = train_test_split_deterministic(ds, 0.1, seed=3)
+    a = split_train_test(ds, 0.1, seed=3)
+    b = split_train_test(ds, 0.1, seed=3)
     assert (len(a["train"]), len(a["test"])) == (90, 10)
     assert a["test"]["text"] == b["test"]["text"]
     assert set(a["train"]["text"]).isdisjoint(a["test"]["text"])
-    assert train_test_split_deterministic(ds, 0.1, seed=4)["test"]["text"] != a["test"]["text"]
-    tiny = train_test_split_deterministic(Dataset.from_dict({"text": ["a", "b"]}), 0.01, seed=0)
+    assert split_train_test(ds, 0.1, seed=4)["test"]["text"] != a["test"]["text"]
+    tiny = split_train_test(Dataset.from_dict({"text": ["a", "b"]}), 0.01, seed=0)
     assert (len(tiny["train"]), len(tiny["test"])) == (1, 1)
     with pytest.raises(ValueError):
-        train_test_split_deterministic(ds, 1.0, seed=0)
+        split_train_test(ds, 1.0, seed=0)
+    with pytest.raises(DataFormatError, match="cannot be split"):
+        split_train_test(Dataset.from_dict({"text": ["a"]}), 0.1, seed=0)
+
+
+def test_length_policy_counts_the_end_of_text_the_trainer_appends():
+    """SFT rows carry no EOS (SFTTrainer appends it), so a row of exactly the limit without it is one token too long."""
+    from types import SimpleNamespace
+
+    from hf_llm.tokenizers import load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL
+    from hf_llm.training.recipe_data import enforce_length_limit
+
+    tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
+    model = SimpleNamespace(config=SimpleNamespace(n_positions=24))
+    prompt = "def add(a, b):\n"
+    completion = tokenizer.decode(tokenizer(prompt + "    return a + b\n" * 10)["input_ids"][:24])[len(prompt):]
+    assert len(tokenizer(prompt + completion)["input_ids"]) == 24
+    data = DatasetDict(train=Dataset.from_dict({"prompt": [prompt, prompt], "completion": [completion, "    pass\n"]}))
+    sft = dict(sequences=[("prompt", "completion")], truncatable_after="prompt")
+    kept, limit = enforce_length_limit(data, tokenizer, model, None, "drop", **sft)
+    assert limit == 24 and kept["train"]["completion"] == ["    pass\n"]
+    without_eos, _ = enforce_length_limit(data, tokenizer, model, None, "drop", **sft, eos_appended_by_trainer="")
+    assert without_eos["train"]["completion"] == [completion, "    pass\n"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -330,7 +375,7 @@ def test_shared_instruction_data(shared_data):
             expected = HEAD + f"\n\n### Instruction:\n{row['instruction']}\n\n### Input:\n{row['input']}\n\n### Response:\n"
         else:
             expected = HEAD + f"\n\n### Instruction:\n{row['instruction']}\n\n### Response:\n"
-        assert mapped == {"prompt": expected, "completion": row["output"] + "<|endoftext|>"}
+        assert mapped == {"prompt": expected, "completion": row["output"]}
     assert out[0]["prompt"].endswith("### Input:\nfreind --> friend\n\n### Response:\n")
 
 
@@ -377,6 +422,26 @@ def test_empty_file(tmp_path, suffix):
     with pytest.raises(DataFormatError, match="empty") as info:
         load_raw_dataset(path)
     assert str(path) in str(info.value)
+
+
+def test_inputs_the_readers_mishandle_are_refused_clearly(tmp_path):
+    # A null row crashes pyarrow's JSON reader (apache/arrow#47409); it must be refused before it gets there.
+    (tmp_path / "null.jsonl").write_text('{"text": "a"}\nnull\n', encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"row 1 \(line 2\) is null, not an object"):
+        load_raw_dataset(tmp_path / "null.jsonl")
+    (tmp_path / "null.json").write_text('[null, {"text": "a"}]', encoding="utf-8")
+    with pytest.raises(DataFormatError, match="row 0 is null, not an object"):
+        load_raw_dataset(tmp_path / "null.json")
+    # pandas only warns, and drops the value, when a CSV row has more values than the header.
+    (tmp_path / "wide.csv").write_text("instruction,output\nAdd,1,2\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="wide.csv.*Fix: quote values with commas"):
+        load_raw_dataset(tmp_path / "wide.csv")
+    # CSV values stay text, even when every value of a column looks like a number.
+    (tmp_path / "numbers.csv").write_text("instruction,output\nAdd 1 and 1,2\n", encoding="utf-8")
+    assert load_raw_dataset(tmp_path / "numbers.csv")["output"] == ["2"]
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "zero.parquet")
+    with pytest.raises(DataFormatError, match="zero.parquet: no rows"):
+        load_raw_dataset(tmp_path / "zero.parquet")
 
 
 def test_no_rows(tmp_path):

@@ -123,7 +123,7 @@ def test_instructions_shape():
             name = row["output"].split("(", 1)[0].split()[-1]
             assert f"`{name}(" in row["instruction"]
     mapped = to_prompt_completion(data["train"])
-    assert mapped[0]["completion"] == data["train"][0]["output"] + "<|endoftext|>"
+    assert mapped[0]["completion"] == data["train"][0]["output"]
 
 
 def test_preferences_shape():

@@ -8,18 +8,13 @@ import torch
 from torch import nn
 from trl import get_quantization_config
 
+from ..folders import looks_like_local_path
 from ..models.gpt import GPT2_PRESETS, GPTConfig, GPTForCausalLM, GPTForSequenceClassification
 from .errors import RecipeError
 
 logger = logging.getLogger("hf_llm")
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-def looks_like_local_path(name: str) -> bool:
-    """Whether `name` can only mean a local path: a Hub id is `name` or `owner/name`, never absolute or
-    relative-looking and never with more than one slash."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def check_weights_are_safe(name_or_path: str, allow_pickle: bool) -> bool:

@@ -90,7 +90,7 @@ def describe_base_model(base_model: str | None) -> str:
     if not base_model:
         return "none (trained from scratch)"
     if _is_packaged_default(base_model):
-        return "stdlib-gpt, the small GPT that ships with hf_llm (`hf_llm.training.defaults.DEFAULT_BASE_MODEL`)"
+        return "stdlib-gpt, the small GPT that ships with hf_llm (`hf_llm.training.DEFAULT_BASE_MODEL`)"
     if _is_local(base_model):
         return f"a local checkpoint, `{Path(base_model).name}`"
     return base_model

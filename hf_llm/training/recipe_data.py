@@ -1,5 +1,6 @@
-"""The recipes' data: a user's data set (Hub name, file or folder) mapped to the recipe's schema, or
-the embedded standard-library data when none is given. Always a DatasetDict with "train" and "test"."""
+"""The recipes' data: a user's data set (Hub name, file or folder) mapped to the recipe's schema, or the
+embedded standard-library data when none is given (always a DatasetDict with "train" and "test"); the
+length policy for rows longer than the context; and the fixed-length blocks pretraining trains on."""
 
 import logging
 
@@ -23,8 +24,26 @@ def _load_and_split(data_args, seed: int, builder, split_single_text: bool = Fal
         cut = int(len(text) * (1 - data_args.eval_split_fraction))
         splits = DatasetDict({"train": Dataset.from_dict({"text": [text[:cut]]}), "test": Dataset.from_dict({"text": [text[cut:]]})})
     else:
-        splits = data_layer.train_test_split_deterministic(mapped, data_args.eval_split_fraction, seed)
+        splits = split_train_test(mapped, data_args.eval_split_fraction, seed)
     return _limit(splits, data_args)
+
+
+def split_train_test(ds: Dataset, test_fraction: float = 0.1, seed: int = 42) -> DatasetDict:
+    """Hold out round(len * test_fraction) rows (at least one, and at least one left to train on) as "test",
+    with `Dataset.train_test_split`: the same rows on every run and machine for a given seed.
+
+    Raises:
+        ValueError: test_fraction not strictly between 0 and 1.
+        DataFormatError: fewer than two rows.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}.")
+    if len(ds) < 2:
+        raise data_layer.DataFormatError(
+            f"{ds.info.dataset_name or 'the data set'}: {len(ds)} row(s) cannot be split into train and test. "
+            f"Fix: give at least two rows, or pass a separate evaluation set."
+        )
+    return ds.train_test_split(test_size=min(max(1, round(len(ds) * test_fraction)), len(ds) - 1), seed=seed)
 
 
 def _limit(splits: DatasetDict, data_args) -> DatasetDict:
@@ -47,14 +66,14 @@ def load_text_corpus(data_args, seed: int = 42) -> DatasetDict:
     )
 
 
-def load_sft_data(data_args, eos_token: str, seed: int = 42) -> DatasetDict:
-    """Prompt/completion pairs for supervised fine-tuning; the completion ends with `eos_token`."""
+def load_sft_data(data_args, seed: int = 42) -> DatasetDict:
+    """Prompt/completion pairs for supervised fine-tuning, without end-of-text: TRL's SFTTrainer appends its
+    tokenizer's EOS to each completion."""
     template = data_args.prompt_template
     if data_args.dataset_name is None:
         splits = stdlib_data.stdlib_instructions()
-        mapped = {k: data_layer.to_prompt_completion(v, template=template, eos_token=eos_token) for k, v in splits.items()}
-        return _limit(DatasetDict(mapped), data_args)
-    return _load_and_split(data_args, seed, lambda raw: data_layer.to_prompt_completion(raw, template=template, eos_token=eos_token))
+        return _limit(DatasetDict({k: data_layer.to_prompt_completion(v, template=template) for k, v in splits.items()}), data_args)
+    return _load_and_split(data_args, seed, lambda raw: data_layer.to_prompt_completion(raw, template=template))
 
 
 def load_preference_data(data_args, seed: int = 42) -> DatasetDict:
@@ -67,8 +86,100 @@ def load_preference_data(data_args, seed: int = 42) -> DatasetDict:
     return _load_and_split(data_args, seed, lambda raw: data_layer.to_preference(raw, template=template))
 
 
-# --- pretraining blocks ---
+# --- rows longer than the context ---------------------------------------------------------------
 
+
+def check_block_size(block_size: int, model) -> int:
+    """Blocks must fit the model's context."""
+    if block_size > model.config.n_positions:
+        raise RecipeError(
+            f"--block_size {block_size} is longer than the model's context (n_positions={model.config.n_positions}). "
+            f"Use --block_size {model.config.n_positions} or less."
+        )
+    return block_size
+
+
+def enforce_length_limit(
+    data,
+    tokenizer,
+    model,
+    max_length: int | None,
+    too_long: str,
+    sequences,
+    *,
+    eos_appended_by_trainer: str | None = None,
+    truncatable_after: str | None = None,
+):
+    """Apply `too_long` to rows longer than the context, as the trainer will see them.
+
+    `sequences` lists the fields the trainer joins into each token sequence of a row, e.g.
+    `[("prompt", "completion")]`, or `[("prompt", "chosen"), ("prompt", "rejected")]` for a pair; a row
+    is too long if any of its sequences is. Sequences are tokenized as the trainer does (special tokens
+    included), with the end-of-text the trainer appends to each one that lacks it: `eos_appended_by_trainer`,
+    by default the tokenizer's, which TRL's SFTTrainer appends to the completion and RewardTrainer to chosen
+    and rejected ("" counts none).
+    `truncatable_after` names the field the trainer's truncation (which keeps the start) must leave
+    room after, as SFT needs some of the completion to learn from; None means the trainer cannot
+    truncate (it drops), so 'truncate' is refused.
+
+    - 'refuse': a RecipeError naming the rows;
+    - 'drop': those rows are removed here, with a warning;
+    - 'truncate': the trainer cuts them to the limit, with a warning; rows whose `truncatable_after`
+      field alone fills the limit would have nothing left to learn from and are removed here.
+
+    Returns (data, the length limit the trainer must use: the smaller of max_length and n_positions).
+    """
+    if too_long not in ("truncate", "drop", "refuse"):
+        raise RecipeError(f"--too_long must be 'truncate', 'drop' or 'refuse', got {too_long!r}.")
+    if too_long == "truncate" and truncatable_after is None:
+        raise RecipeError(
+            "--too_long truncate is not available here: the trainer does not truncate these rows (a pair cut "
+            "short would compare partial answers). Use --too_long drop or refuse."
+        )
+    limit = min(max_length or model.config.n_positions, model.config.n_positions)
+
+    eos = tokenizer.eos_token if eos_appended_by_trainer is None else eos_appended_by_trainer
+
+    def length(texts, end=""):
+        texts = [t if not end or t.endswith(end) else t + end for t in texts]
+        return [len(ids) for ids in tokenizer(texts)["input_ids"]]
+
+    result = {}
+    for split, ds in data.items():
+        if len(ds) == 0:
+            raise RecipeError(f"The {split} split has no rows (is --max_train_samples / --max_eval_samples 0?). Give it some data.")
+        longest = [0] * len(ds)
+        for fields in sequences:
+            lengths = length(["".join(parts) for parts in zip(*(ds[f] for f in fields))], eos)
+            longest = [max(a, b) for a, b in zip(longest, lengths)]
+        long_rows = [i for i, n in enumerate(longest) if n > limit]
+        result[split] = ds
+        if not long_rows:
+            continue
+        if too_long == "refuse":
+            raise RecipeError(
+                f"{len(long_rows)} {split} rows are longer than {limit} tokens (the limit: max_length / the model's "
+                f"n_positions={model.config.n_positions}), e.g. rows {long_rows[:5]} with {[longest[i] for i in long_rows[:5]]} "
+                f"tokens. Shorten them, or pass --too_long {'truncate (or drop)' if truncatable_after else 'drop'}."
+            )
+        drop = set(long_rows) if too_long == "drop" else set()
+        if too_long == "truncate":
+            heads = length([ds[i][truncatable_after] for i in long_rows])
+            drop = {i for i, n in zip(long_rows, heads) if n >= limit}
+            if len(long_rows) > len(drop):
+                logger.warning(
+                    "%d of %d %s rows exceed %d tokens and will be truncated to it.", len(long_rows) - len(drop), len(ds), split, limit
+                )
+        if drop:
+            why = "" if too_long == "drop" else f" (their {truncatable_after} alone fills the limit)"
+            logger.warning("%d of %d %s rows exceed %d tokens and are dropped%s.", len(drop), len(ds), split, limit, why)
+            result[split] = ds.select([i for i in range(len(ds)) if i not in drop])
+            if len(result[split]) == 0:
+                raise RecipeError(f"Every {split} row is longer than {limit} tokens: raise --max_length or use shorter data.")
+    return type(data)(result), limit
+
+
+# --- fixed-length blocks for pretraining: the sliding-window loader of the tutorials ---------------
 
 def token_stream(texts, tokenizer, eos_token_id: int | None) -> list[int]:
     """Tokenize every text and join them into one stream, with end-of-text between documents."""
@@ -107,93 +218,3 @@ def blocks_dataset(texts, tokenizer, block_size: int, stride: int | None = None,
             f"Use more data or a smaller --block_size."
         )
     return Dataset.from_dict({"input_ids": blocks, "labels": [list(b) for b in blocks]})
-
-
-# --- the length policy ---
-
-
-def check_block_size(block_size: int, model) -> int:
-    """Blocks must fit the model's context."""
-    if block_size > model.config.n_positions:
-        raise RecipeError(
-            f"--block_size {block_size} is longer than the model's context (n_positions={model.config.n_positions}). "
-            f"Use --block_size {model.config.n_positions} or less."
-        )
-    return block_size
-
-
-def enforce_length_limit(
-    data,
-    tokenizer,
-    model,
-    max_length: int | None,
-    too_long: str,
-    sequences,
-    *,
-    eos_appended_by_trainer: str | None = None,
-    truncatable_after: str | None = None,
-):
-    """Apply `too_long` to rows longer than the context, as the trainer will see them.
-
-    `sequences` lists the fields the trainer joins into each token sequence of a row, e.g.
-    `[("prompt", "completion")]`, or `[("prompt", "chosen"), ("prompt", "rejected")]` for a pair; a row
-    is too long if any of its sequences is. `eos_appended_by_trainer` is an end-of-text string the
-    trainer appends to each sequence that lacks it (TRL's RewardTrainer), so it is counted here.
-    `truncatable_after` names the field the trainer's truncation (which keeps the start) must leave
-    room after, as SFT needs some of the completion to learn from; None means the trainer cannot
-    truncate (it drops), so 'truncate' is refused.
-
-    - 'refuse': a RecipeError naming the rows;
-    - 'drop': those rows are removed here, with a warning;
-    - 'truncate': the trainer cuts them to the limit, with a warning; rows whose `truncatable_after`
-      field alone fills the limit would have nothing left to learn from and are removed here.
-
-    Returns (data, the length limit the trainer must use: the smaller of max_length and n_positions).
-    """
-    if too_long not in ("truncate", "drop", "refuse"):
-        raise RecipeError(f"--too_long must be 'truncate', 'drop' or 'refuse', got {too_long!r}.")
-    if too_long == "truncate" and truncatable_after is None:
-        raise RecipeError(
-            "--too_long truncate is not available here: the trainer does not truncate these rows (a pair cut "
-            "short would compare partial answers). Use --too_long drop or refuse."
-        )
-    limit = min(max_length or model.config.n_positions, model.config.n_positions)
-
-    def length(texts):
-        if eos_appended_by_trainer:
-            texts = [t if t.endswith(eos_appended_by_trainer) else t + eos_appended_by_trainer for t in texts]
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-    result = {}
-    for split, ds in data.items():
-        if len(ds) == 0:
-            raise RecipeError(f"The {split} split has no rows (is --max_train_samples / --max_eval_samples 0?). Give it some data.")
-        longest = [0] * len(ds)
-        for fields in sequences:
-            lengths = length(["".join(row[f] for f in fields) for row in ds])
-            longest = [max(a, b) for a, b in zip(longest, lengths)]
-        long_rows = [i for i, n in enumerate(longest) if n > limit]
-        result[split] = ds
-        if not long_rows:
-            continue
-        if too_long == "refuse":
-            raise RecipeError(
-                f"{len(long_rows)} {split} rows are longer than {limit} tokens (the limit: max_length / the model's "
-                f"n_positions={model.config.n_positions}), e.g. rows {long_rows[:5]} with {[longest[i] for i in long_rows[:5]]} "
-                f"tokens. Shorten them, or pass --too_long {'truncate (or drop)' if truncatable_after else 'drop'}."
-            )
-        drop = set(long_rows) if too_long == "drop" else set()
-        if too_long == "truncate":
-            heads = length([ds[i][truncatable_after] for i in long_rows])
-            drop = {i for i, n in zip(long_rows, heads) if n >= limit}
-            if len(long_rows) > len(drop):
-                logger.warning(
-                    "%d of %d %s rows exceed %d tokens and will be truncated to it.", len(long_rows) - len(drop), len(ds), split, limit
-                )
-        if drop:
-            why = "" if too_long == "drop" else f" (their {truncatable_after} alone fills the limit)"
-            logger.warning("%d of %d %s rows exceed %d tokens and are dropped%s.", len(drop), len(ds), split, limit, why)
-            result[split] = ds.select([i for i in range(len(ds)) if i not in drop])
-            if len(result[split]) == 0:
-                raise RecipeError(f"Every {split} row is longer than {limit} tokens: raise --max_length or use shorter data.")
-    return type(data)(result), limit
