@@ -187,7 +187,7 @@ def test_sft_trainer_appends_the_end_of_text_once(tmp_path):
     from trl import SFTConfig, SFTTrainer
 
     from hf_llm import GPTConfig, GPTForCausalLM
-    from hf_llm.tokenizers import load_tokenizer
+    from hf_llm.tokenization import load_tokenizer
     from hf_llm.training import DEFAULT_BASE_MODEL
 
     tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
@@ -343,7 +343,7 @@ def test_length_policy_counts_the_end_of_text_the_trainer_appends():
     """SFT rows carry no EOS (SFTTrainer appends it), so a row of exactly the limit without it is one token too long."""
     from types import SimpleNamespace
 
-    from hf_llm.tokenizers import load_tokenizer
+    from hf_llm.tokenization import load_tokenizer
     from hf_llm.training import DEFAULT_BASE_MODEL
     from hf_llm.training.recipe_data import enforce_length_limit
 
