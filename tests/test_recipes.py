@@ -41,6 +41,13 @@ def assert_standard_outputs(folder: Path, adapter: bool):
         assert (folder / "model.safetensors").is_file() and (folder / "modeling_gpt.py").is_file()
     card = (folder / "README.md").read_text()
     assert card.startswith("---\n") and "tags:" in card and "hf_llm" in card and "## How to load" in card
+    # The held-out results are the card's model-index, as the Hub reads it.
+    from huggingface_hub import ModelCard
+
+    results = {r.metric_type: r.metric_value for r in ModelCard.load(folder / "README.md").data.eval_results}
+    metrics = json.loads((folder / "all_results.json").read_text())
+    assert results and results["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    assert not any("runtime" in name or "per_second" in name for name in results)
     assert json.loads((folder / "hf_llm_run.json").read_text())["completed"] is True
     assert (folder / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
