@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
+from .models import gpt
 from .models.gpt import (
     GPT2_PRESETS,
     GPTConfig,
@@ -65,11 +66,6 @@ __all__ = [
     "lora",
     "stdlib_data",
     "train_bpe_tokenizer",
-    "GPT2_PRESETS",
-    "GPTConfig",
-    "GPTForCausalLM",
-    "GPTForSequenceClassification",
-    "GPTModel",
-    "GPTPreTrainedModel",
     "__version__",
+    *gpt.__all__,
 ]
