@@ -89,6 +89,8 @@ def main(model_args, architecture, data_args, pretrain_args, run_args, trust_arg
             **{k: getattr(model.config, k) for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")},
             "init_scheme": architecture.init_scheme,
         },
+        headline={"eval_loss": None, "eval_perplexity": None},
+        try_it=f"python recipes/generate.py --model_name_or_path {training_args.output_dir} --prompt \"def \"",
     )
 
 

@@ -69,6 +69,7 @@ def main(model_args, data_args, run_args, training_args):
         dataset=data_args.dataset_name or "hf_llm stdlib-preferences (embedded)",
         tags=["reward-model", "trl", "lora", "peft"],
         hyperparameters=lora_hyperparameters(model_args),
+        headline={"eval_accuracy": "eval_initial_accuracy", "eval_loss": "eval_initial_loss"},
     )
 
 

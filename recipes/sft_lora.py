@@ -77,6 +77,8 @@ def main(model_args, data_args, run_args, training_args):
         dataset=data_args.dataset_name or "hf_llm stdlib-instructions (embedded)",
         tags=["lora", "sft", "trl", "peft"] if model_args.use_peft else ["sft", "trl"],
         hyperparameters=lora_hyperparameters(model_args),
+        headline={"eval_loss": "eval_base_loss"},
+        try_it=f"python recipes/generate.py --model_name_or_path {training_args.output_dir} --instruction \"...\"",
     )
 
 

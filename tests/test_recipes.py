@@ -1,6 +1,7 @@
 """The recipes end to end: embedded defaults and the shared data, a few steps each, and what they leave behind."""
 
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -153,11 +154,28 @@ def test_pretrain_verdict_config_runs(tmp_path, shared_data):
     assert result["metrics"]["train_blocks"] == 18 and result["metrics"]["eval_blocks"] == 2
 
 
-def test_sft_lora_embedded_default(tmp_path):
+def run_summary(printed: str) -> dict:
+    """The end-of-run summary's lines, read back: output folder, held-out figures (with before-values), command."""
+    block = printed[printed.rindex("== "):]
+    figures = {m[0]: (float(m[1]), float(m[2]) if m[2] else None)
+               for m in re.findall(r"held-out: (\w+) ([\d.]+)(?: \(before training: ([\d.]+)\))?", block)}
+    return {"header": block.splitlines()[0], "output": re.search(r"output:\s+(\S+)", block)[1], "figures": figures,
+            "try": re.search(r"try it:\s+(.+)", block)[1]}
+
+
+def test_sft_lora_embedded_default(tmp_path, capsys):
     out = tmp_path / "sft"
     run_recipe("sft_lora", "--output_dir", str(out), "--max_steps", "8", "--max_eval_samples", "16", "--sample_max_new_tokens", "8", *FAST)
     assert_standard_outputs(out, adapter=True)
     result = outputs(out)
+    # The run ends with its summary: where, the held-out loss with its before-value, how to try it.
+    summary = run_summary(capsys.readouterr().out)
+    assert re.fullmatch(r"== sft_lora finished in \d+ min \d\d s ==", summary["header"])
+    assert Path(summary["output"]) == out.resolve()
+    loss, before = summary["figures"]["eval_loss"]
+    assert loss == pytest.approx(result["metrics"]["eval_loss"], abs=1e-4)
+    assert before == pytest.approx(result["metrics"]["eval_base_loss"], abs=1e-4)
+    assert summary["try"].startswith(f"python recipes/generate.py --model_name_or_path {out}")
     metrics = result["metrics"]
     assert "eval_loss" in metrics and "eval_base_loss" in metrics
     answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
@@ -197,11 +215,13 @@ def test_sft_lora_on_shared_instruction_data(tmp_path, shared_data):
     assert result["metrics"]["eval_loss"] < result["metrics"]["eval_base_loss"]
 
 
-def test_reward_modeling_embedded_default(tmp_path):
+def test_reward_modeling_embedded_default(tmp_path, capsys):
     out = tmp_path / "rm"
     run_recipe("reward_modeling", "--output_dir", str(out), "--max_steps", "8", "--max_eval_samples", "16", *FAST)
     assert_standard_outputs(out, adapter=True)
     metrics = outputs(out)["metrics"]
+    accuracy, before = run_summary(capsys.readouterr().out)["figures"]["eval_accuracy"]
+    assert (accuracy, before) == (pytest.approx(metrics["eval_accuracy"], abs=1e-4), pytest.approx(metrics["eval_initial_accuracy"], abs=1e-4))
     assert "eval_accuracy" in metrics and 0.0 <= metrics["eval_accuracy"] <= 1.0
     assert "eval_perplexity" not in metrics  # a pairwise loss has none
     assert 0.0 <= metrics["eval_initial_accuracy"] <= 1.0  # before training, under its own name

@@ -32,8 +32,10 @@ def cpu_only() -> bool:
 def recipe_defaults(output_dir: str, **settings) -> dict:
     """The defaults every recipe's embedded run shares (the CPU where there is no GPU, one epoch, a log
     line every 10 steps, no external tracker), then the recipe's own `settings`."""
+    # Every parameter of the model takes part in each step, so DDP need not search for unused ones (it
+    # would, and warn, whenever gradient checkpointing is off).
     return {"output_dir": output_dir, "use_cpu": cpu_only(), "num_train_epochs": 1, "logging_steps": 10,
-            "report_to": "none", **settings}
+            "report_to": "none", "ddp_find_unused_parameters": False, **settings}
 
 
 def finetuning_defaults(output_dir: str, **settings) -> dict:

@@ -119,9 +119,36 @@ def load_model(
         kwargs["dtype"] = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
     if task != "causal-lm":
         kwargs.update(num_labels=num_labels, pad_token_id=pad_id)
-    model = from_pretrained_or_refuse(cls, name, **kwargs)
+    if task == "causal-lm":
+        model = from_pretrained_or_refuse(cls, name, **kwargs)
+    else:
+        model = _load_classifier(cls, name, kwargs)
     if tokenizer is not None:
         _use_tokenizer_special_tokens(model, tokenizer)
+    return model
+
+
+def _load_classifier(cls, name: str, kwargs: dict):
+    """Load a sequence classifier, saying in one line that its score head is new when the checkpoint is a
+    language model (what a reward model starts from), instead of transformers' load-report table, which
+    reads like an error. Any other missing, unexpected or mismatched weight is still reported, as a warning."""
+    import transformers
+
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        model, info = from_pretrained_or_refuse(cls, name, output_loading_info=True, **kwargs)
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+    missing = set(info["missing_keys"])
+    if "score.weight" in missing:
+        logger.info("%s has no score head (it is a language model): a new one is initialised, to be trained.", name)
+        missing.discard("score.weight")
+    if missing or info["unexpected_keys"] or info["mismatched_keys"]:
+        logger.warning(
+            "Loading %s as %s: missing weights %s (newly initialised), unexpected weights %s (ignored), mismatched %s.",
+            name, cls.__name__, sorted(missing), sorted(info["unexpected_keys"]), info["mismatched_keys"],
+        )
     return model
 
 

@@ -2,7 +2,9 @@
 training (output folder, resume, run record, metrics and state, loss plot, model card, the one push)."""
 
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 import transformers
@@ -69,7 +71,7 @@ def quiet_known_library_noise():
       `is_activation_checkpointing`: a FutureWarning from inside their code.
     - `datasets` draws a progress bar for each fast in-memory pass TRL makes over the data (EOS,
       tokenizing, labels, truncation, filtering), a wall of bars before the training one.
-    Everything else, our own warnings and errors included, still shows.
+    Everything else, our own warnings and errors included, still shows, from the main process.
     """
     import warnings
 
@@ -78,6 +80,11 @@ def quiet_known_library_noise():
     warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     datasets.disable_progress_bars()
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Under a multi-process launch every process runs the recipe; the main one speaks for all, so a
+        # warning or a loading bar is not printed once per process. Errors still come from every process.
+        warnings.filterwarnings("ignore")
+        transformers.utils.logging.disable_progress_bar()
 
 
 class RecipeRun(TrainerCallback):
@@ -95,6 +102,7 @@ class RecipeRun(TrainerCallback):
 
         self.recipe = recipe
         self.run_args = run_args
+        self.started = time.monotonic()
         _setup_logging(training_args)
         set_seed(training_args.seed)
         self.resume_from = prepare_output_dir(
@@ -119,12 +127,15 @@ class RecipeRun(TrainerCallback):
         return trainer.train(resume_from_checkpoint=self.resume_from).metrics
 
     def finish(self, trainer, metrics: dict, *, task: str, title: str, summary: str, base_model: str | None,
-               dataset: str, tags: list[str], hyperparameters: dict | None = None):
+               dataset: str, tags: list[str], hyperparameters: dict | None = None,
+               headline: dict[str, str | None] | None = None, try_it: str | None = None):
         """Save the trained model or adapter (every process: FSDP and DeepSpeed gather shards there), then
         on the main process: the merged model (`--merge_adapter`), metrics and trainer state, the loss
-        plot, the model card; mark the run complete; push once.
+        plot, the model card; mark the run complete; push once; print the run's summary.
 
-        `task` is "causal_lm" (the eval loss is also reported as perplexity) or "reward".
+        `task` is "causal_lm" (the eval loss is also reported as perplexity) or "reward". `headline` maps
+        the summary's held-out figures to the metric holding their value before training (or None);
+        `try_it` is the command that tries the result.
         """
         output_dir = Path(trainer.args.output_dir)
         trainer.save_model(str(output_dir))
@@ -158,6 +169,20 @@ class RecipeRun(TrainerCallback):
         if self.push["push"]:
             push_folder(output_dir, self.push["repo_id"], token=self.push["token"], private=self.push["private"])
             logger.info("pushed %s to the Hub as %s", output_dir, self.push["repo_id"])
+        print(self.summary(output_dir, metrics, headline or {}, try_it), flush=True)
+
+    def summary(self, output_dir: Path, metrics: dict, headline: dict[str, str | None], try_it: str | None) -> str:
+        """The lines a finished run ends with: where the result is, its held-out figures (with their value
+        before training), how long it took, and how to try it."""
+        minutes, seconds = divmod(round(time.monotonic() - self.started), 60)
+        lines = [f"== {self.recipe} finished in {minutes} min {seconds:02d} s ==", f"output:   {output_dir.resolve()}"]
+        for name, before in headline.items():
+            if isinstance(metrics.get(name), (int, float)):
+                was = f" (before training: {metrics[before]:.4f})" if before and isinstance(metrics.get(before), (int, float)) else ""
+                lines.append(f"held-out: {name} {metrics[name]:.4f}{was}")
+        card = output_dir.resolve() / "README.md"
+        lines.append(f"try it:   {try_it or f'the How to load section of {card}'}")
+        return "\n".join(lines)
 
 
 def lora_hyperparameters(model_args) -> dict:
@@ -179,10 +204,11 @@ def _save_merged(model, tokenizer, folder: Path):
 
 
 def _setup_logging(training_args):
-    level = logging.INFO if training_args.should_log else logging.WARNING
+    # Only the main process logs below errors: the others would repeat each line.
+    level = logging.INFO if training_args.should_log else logging.ERROR
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, stream=sys.stdout)
     logger.setLevel(level)
-    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity(logging.WARNING if training_args.should_log else logging.ERROR)
 
 
 def _scrub_secrets(output_dir: Path):
