@@ -179,6 +179,10 @@ def test_sft_lora_ddp_two_processes(ddp_sft):
     digests = dict(re.findall(r"rank (\d): weights at train end sha256 ([0-9a-f]{64})", result.stdout + result.stderr))
     assert set(digests) == {"0", "1"}, result.stdout[-2000:]
     assert digests["0"] == digests["1"]
+    # The main process speaks for both: no line of the run is printed twice (once per process).
+    lines = [line.strip() for chunk in (result.stdout + result.stderr).splitlines() for line in chunk.split("\r")]
+    repeated = {line for line in lines if line and lines.count(line) > 1}
+    assert not repeated, sorted(repeated)
     # Outputs were written once, by rank 0: one answers file with one line per prompt, one final state.
     assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
     assert len((out / "answers.jsonl").read_text().splitlines()) == 3

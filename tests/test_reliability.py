@@ -217,6 +217,7 @@ def test_no_secret_in_any_output_or_push(tmp_path, monkeypatch):
 
     from huggingface_hub import HfApi
 
+    monkeypatch.setattr(HfApi, "whoami", lambda self, *args, **kwargs: {"name": "someone"})  # the pre-flight check
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
     out = tmp_path / "pushed"
@@ -354,3 +355,75 @@ def test_reward_length_check_counts_the_eos_the_trainer_appends_and_drops_whole_
     assert kept["train"]["chosen"] == [short]
     with pytest.raises(RecipeError, match="truncate is not available"):
         enforce_length_limit(data, tokenizer, model, None, "truncate", pair, eos_appended_by_trainer=tokenizer.eos_token)
+
+
+
+# --- the Hub, asked once before the work ----------------------------------------------------------
+
+
+def _hub_unreachable(monkeypatch) -> list:
+    """Online mode, but every request of huggingface_hub's HTTP client fails to connect; returns the list of
+    attempted URLs."""
+    from huggingface_hub.utils._http import get_session
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    attempts = []
+    client_class = type(get_session())
+    transport_errors = __import__(client_class.__module__.split(".")[0])
+
+    def refuse(self, request, *args, **kwargs):
+        attempts.append(str(request.url))
+        raise transport_errors.ConnectError("no route to host", request=request)
+
+    monkeypatch.setattr(client_class, "send", refuse)
+    return attempts
+
+
+def test_unreachable_dataset_name_fails_after_one_attempt(tmp_path, monkeypatch, capsys):
+    attempts = _hub_unreachable(monkeypatch)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        run_recipe("sft_lora", "--output_dir", str(out), "--dataset_name", "someone/no-such-data", "--max_steps", "1")
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert "--dataset_name someone/no-such-data" in message and "cannot be reached" in message and "local path" in message
+    assert len(attempts) == 1 and "no-such-data" in attempts[0], attempts
+    assert not out.exists()
+
+
+def test_push_without_network_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    attempts = _hub_unreachable(monkeypatch)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        run_recipe("sft_lora", "--output_dir", str(out), "--max_steps", "1", "--push_to_hub", "true", "--hub_token", "hf_x" * 5)
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert "--push_to_hub" in message and "cannot be reached" in message and "hf_x" not in message
+    assert len(attempts) == 1
+    assert not out.exists()  # refused before anything was written: no run state to contradict
+
+
+def test_failed_push_at_the_end_is_reported_and_recorded(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    from hf_llm.training.output_dir import RUN_FILE
+
+    monkeypatch.setattr(HfApi, "whoami", lambda self, *args, **kwargs: {"name": "someone"})
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *args, **kwargs: None)
+
+    def upload_fails(self, **kwargs):
+        raise ConnectionError("connection reset")
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_fails)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        run_recipe("sft_lora", "--output_dir", str(out), "--max_steps", "1", "--max_eval_samples", "4",
+                   "--sample_max_new_tokens", "2", "--save_strategy", "no", "--push_to_hub", "true",
+                   "--hub_model_id", "someone/sft")
+    assert err.value.code == 2
+    printed = capsys.readouterr()
+    assert "pushing it to the Hub as someone/sft failed" in printed.err and "hf upload someone/sft" in printed.err
+    assert "== sft_lora finished" in printed.out  # the summary still came
+    state = json.loads((out / RUN_FILE).read_text())
+    assert state["completed"] is True and state["pushed"] is False and "connection reset" in state["push_error"]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()

@@ -11,6 +11,7 @@ from trl import get_quantization_config
 from ..folders import looks_like_local_path
 from ..models.gpt import GPT2_PRESETS, GPTConfig, GPTForCausalLM, GPTForSequenceClassification
 from .errors import RecipeError
+from .hub_checks import check_hub_name
 
 logger = logging.getLogger("hf_llm")
 
@@ -174,6 +175,7 @@ def refuse_missing_folder(name_or_path: str, flag: str) -> None:
 def from_pretrained_or_refuse(cls, name_or_path: str, **kwargs):
     """`cls.from_pretrained`, with a missing folder or an unknown Hub name refused as a RecipeError."""
     refuse_missing_folder(name_or_path, "--model_name_or_path")
+    check_hub_name(name_or_path, "model", "--model_name_or_path")
     try:
         return cls.from_pretrained(name_or_path, **kwargs)
     except OSError as err:  # transformers' message says what it looked for and where
@@ -208,6 +210,7 @@ def resolve_tokenizer(model_args, texts=None, bpe_vocab_size: int = 4096):
     else:
         flag = "--tokenizer_name_or_path" if model_args.tokenizer_name_or_path else "--model_name_or_path"
         refuse_missing_folder(name, flag)
+        check_hub_name(name, "model", flag)
         try:
             tokenizer = load_tokenizer(name)
         except OSError as err:  # not found locally or on the Hub: transformers' message says where it looked

@@ -9,11 +9,13 @@ from datasets import Dataset, DatasetDict
 from .. import data as data_layer
 from .. import stdlib_data
 from .errors import RecipeError
+from .hub_checks import check_hub_name
 
 logger = logging.getLogger("hf_llm")
 
 
 def _load_and_split(data_args, seed: int, builder, split_single_text: bool = False) -> DatasetDict:
+    check_hub_name(data_args.dataset_name, "dataset", "--dataset_name")
     raw = data_layer.load_raw_dataset(
         data_args.dataset_name, split=data_args.dataset_split, **({"name": data_args.dataset_config} if data_args.dataset_config else {})
     )

@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from .callbacks import NonFiniteLossError, perplexity
 from .errors import RecipeError
+from .hub_checks import check_push_possible
 from .output_dir import mark_run, prepare_output_dir
 from .outputs import how_to_load, known_secrets, push_folder, redact, write_loss_curve, write_model_card
 
@@ -116,6 +117,8 @@ class RecipeRun(TrainerCallback):
         }
         training_args.push_to_hub = False
         training_args.hub_token = None  # never kept in saved arguments or checkpoints
+        if self.push["push"]:
+            check_push_possible(self.push["token"])
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -166,10 +169,25 @@ class RecipeRun(TrainerCallback):
         )
         _scrub_secrets(output_dir)
         mark_run(output_dir, self.recipe, completed=True)
-        if self.push["push"]:
-            push_folder(output_dir, self.push["repo_id"], token=self.push["token"], private=self.push["private"])
-            logger.info("pushed %s to the Hub as %s", output_dir, self.push["repo_id"])
+        push_error = self._push(output_dir) if self.push["push"] else None
         print(self.summary(output_dir, metrics, headline or {}, try_it), flush=True)
+        if push_error:
+            raise RecipeError(push_error)
+
+    def _push(self, output_dir: Path) -> str | None:
+        """Upload the finished folder once; a failure is recorded in the run file and returned as a message
+        (the local output is complete either way)."""
+        repo_id = self.push["repo_id"]
+        try:
+            push_folder(output_dir, repo_id, token=self.push["token"], private=self.push["private"])
+        except Exception as err:  # noqa: BLE001 - any failure of the upload ends the same way
+            reason = redact_text(f"{type(err).__name__}: {err}", self.push["token"])
+            mark_run(output_dir, self.recipe, completed=True, pushed=False, push_error=reason)
+            return (f"the run finished and {output_dir} is complete, but pushing it to the Hub as {repo_id} failed "
+                    f"({reason}). Push it later with `hf upload {repo_id} {output_dir}`.")
+        mark_run(output_dir, self.recipe, completed=True, pushed=True)
+        logger.info("pushed %s to the Hub as %s", output_dir, repo_id)
+        return None
 
     def summary(self, output_dir: Path, metrics: dict, headline: dict[str, str | None], try_it: str | None) -> str:
         """The lines a finished run ends with: where the result is, its held-out figures (with their value
@@ -209,6 +227,13 @@ def _setup_logging(training_args):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, stream=sys.stdout)
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(logging.WARNING if training_args.should_log else logging.ERROR)
+
+
+def redact_text(text: str, *secrets: str | None) -> str:
+    """`text` with every secret from the environment, and the given `secrets`, replaced."""
+    for secret in [*known_secrets(), *filter(None, secrets)]:
+        text = text.replace(secret, "<redacted>")
+    return text
 
 
 def _scrub_secrets(output_dir: Path):
