@@ -427,3 +427,20 @@ def test_recipes_are_thin():
         called = {node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
                   for node in ast.walk(tree) if isinstance(node, ast.Call)}
         assert not called & {"mark_run", "save_metrics", "save_state", "push_folder", "write_model_card"}, path.name
+
+
+def test_sft_data_log_says_whether_the_template_was_applied(tmp_path, caplog):
+    import logging
+
+    from hf_llm.training import DataArguments, load_sft_data
+
+    rows = [{"prompt": f"Q{i}: ", "completion": f"A{i}"} for i in range(10)]
+    (tmp_path / "pc.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(10)]
+    (tmp_path / "alpaca.json").write_text(json.dumps(rows))
+    with caplog.at_level(logging.INFO, logger="hf_llm"):
+        data = load_sft_data(DataArguments(dataset_name=str(tmp_path / "pc.jsonl")))
+        assert data["train"][0]["prompt"].startswith("Q")  # as written
+        load_sft_data(DataArguments(dataset_name=str(tmp_path / "alpaca.json")))
+    assert "prompt/completion rows, trained on as written (the prompt template is not applied)" in caplog.text
+    assert "instruction rows, each prompt built with the Alpaca prompt template" in caplog.text

@@ -75,7 +75,17 @@ def load_sft_data(data_args, seed: int = 42) -> DatasetDict:
     if data_args.dataset_name is None:
         splits = stdlib_data.stdlib_instructions()
         return _limit(DatasetDict({k: data_layer.to_prompt_completion(v, template=template) for k, v in splits.items()}), data_args)
-    return _load_and_split(data_args, seed, lambda raw: data_layer.to_prompt_completion(raw, template=template))
+    def to_prompt_completion(raw):
+        mapped = data_layer.to_prompt_completion(raw, template=template)  # refuses rows of any other schema
+        if data_layer.detect_schema(raw) == "prompt_completion":
+            logger.info("%s: prompt/completion rows, trained on as written (the prompt template is not applied).",
+                        data_args.dataset_name)
+        else:
+            logger.info("%s: instruction rows, each prompt built with the %s.", data_args.dataset_name,
+                        "--prompt_template given" if template else "Alpaca prompt template")
+        return mapped
+
+    return _load_and_split(data_args, seed, to_prompt_completion)
 
 
 def load_preference_data(data_args, seed: int = 42) -> DatasetDict:
