@@ -53,22 +53,54 @@ def assert_standard_outputs(folder: Path, adapter: bool):
     assert (folder / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def run_card_snippet(folder: Path) -> dict:
-    """Run the model card's "How to load" code with the pushed repo id pointing at the local folder."""
+def card_snippet(folder: Path) -> str:
+    """The model card's "How to load" code."""
     card = (folder / "README.md").read_text()
-    code = card.split("## How to load\n\n```python\n")[1].split("```")[0]
-    repo_id = f'"{folder.name}"'
-    assert repo_id in code
+    return card.split("## How to load\n\n```python\n")[1].split("```")[0]
+
+
+def run_card_snippet(folder: Path, pushed_as: str | None = None) -> dict:
+    """Run the model card's "How to load" code from another working directory; returns its variables.
+
+    An unpushed run's code must name the folder by its absolute path. A pushed run's code must name no
+    local path; the Hub is played by the folder: the repo id stands for it, and `snapshot_download`
+    of the repo id returns it.
+    """
+    import os
+    import tempfile
+
+    import huggingface_hub
+
+    code = card_snippet(folder)
+    if pushed_as is None:
+        assert json.dumps(str(folder.resolve())) in code, code
+    else:
+        assert str(folder.resolve()) not in code and str(folder.parent) not in code, code
+        assert json.dumps(pushed_as) in code, code
+        code = code.replace(json.dumps(pushed_as), json.dumps(str(folder)))
+    real_download, cwd = huggingface_hub.snapshot_download, os.getcwd()
+
+    def snapshot_download(repo_id, **kwargs):
+        assert repo_id == str(folder), repo_id
+        return str(folder)
+
     namespace = {}
-    exec(code.replace(repo_id, repr(str(folder))), namespace)
+    with tempfile.TemporaryDirectory() as elsewhere:
+        os.chdir(elsewhere)
+        huggingface_hub.snapshot_download = snapshot_download
+        try:
+            exec(code, namespace)
+        finally:
+            huggingface_hub.snapshot_download = real_download
+            os.chdir(cwd)
     return namespace
 
 
-def assert_adapter_card_loads_the_saved_adapter(folder: Path):
+def assert_adapter_card_loads_the_saved_adapter(folder: Path, pushed_as: str | None = None):
     from peft import PeftModel, get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    model = run_card_snippet(folder)["model"]
+    model = run_card_snippet(folder, pushed_as)["model"]
     assert isinstance(model, PeftModel)
     loaded, saved = get_peft_model_state_dict(model), load_file(folder / "adapter_model.safetensors")
     assert loaded.keys() == saved.keys()
@@ -210,6 +242,10 @@ def test_sft_lora_on_shared_instruction_data(tmp_path, shared_data):
     ids = torch.randint(0, 4000, (1, 20))
     with torch.no_grad():
         assert (merged(ids).logits - adapted(ids).logits).abs().max() < 1e-4
+    # The card says how to load merged/ too.
+    card_merged = run_card_snippet(out)["merged"].eval()
+    with torch.no_grad():
+        assert (card_merged(ids).logits - merged(ids).logits).abs().max() < 1e-5
     result = outputs(out)
     assert min(result["losses"][-3:]) < max(result["losses"][:3])
     assert result["metrics"]["eval_loss"] < result["metrics"]["eval_base_loss"]
@@ -360,21 +396,41 @@ def test_unknown_yaml_key_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_card_snippets_name_no_local_path_and_fit_the_kind_of_output(tmp_path):
+def test_card_snippets_name_no_local_path_and_fit_the_kind_of_output(tmp_path, monkeypatch):
+    """A pushed run's code names its Hub id and no local path (the card goes up with it); an unpushed run's
+    names the output folder by absolute path, whatever the working directory; none imports hf_llm."""
+    from hf_llm.training import DEFAULT_BASE_MODEL
     from hf_llm.training.outputs import describe_base_model, how_to_load
 
     local = tmp_path / "my-base"
     local.mkdir()
-    hub = how_to_load("me/sft", "openai-community/gpt2", task="causal_lm", is_adapter=True)
-    assert "AutoPeftModelForCausalLM.from_pretrained(\"me/sft\"" in hub
-    elsewhere = how_to_load("me/rm", str(local), task="reward", is_adapter=True)
-    assert str(tmp_path) not in elsewhere and "path/to/my-base" in elsewhere and "num_labels=1" in elsewhere
+    monkeypatch.chdir(tmp_path)  # the run's paths below are relative, as the recipes' default output_dir is
+    out = f'folder = "{tmp_path / "runs" / "sft"}"'
+    hub = how_to_load("runs/sft", "openai-community/gpt2", task="causal_lm", is_adapter=True, pushed_as="me/sft")
+    assert 'AutoPeftModelForCausalLM.from_pretrained("me/sft"' in hub
+    here = how_to_load("runs/sft", "openai-community/gpt2", task="causal_lm", is_adapter=True)
+    assert out in here and "AutoPeftModelForCausalLM.from_pretrained(folder, trust_remote_code=True)" in here
+    elsewhere = how_to_load("runs/rm", str(local), task="reward", is_adapter=True, pushed_as="me/rm")
+    assert "path/to/my-base" in elsewhere and "num_labels=1" in elsewhere and 'from_pretrained(base, "me/rm")' in elsewhere
+    elsewhere_here = how_to_load("runs/sft", "my-base", task="causal_lm", is_adapter=True)
+    assert f'from_pretrained("{local}", trust_remote_code=True)' in elsewhere_here and out in elsewhere_here
     assert str(tmp_path) not in describe_base_model(str(local)) and "my-base" in describe_base_model(str(local))
-    full_lm = how_to_load("me/sft", "openai-community/gpt2", task="causal_lm", is_adapter=False)
+    # The packaged base travels in base/ and merged/ holds the merged model: both are read from a local copy
+    # of the repository (transformers' subfolder= would follow the adapter_config.json at its root).
+    packaged = how_to_load("runs/sft", DEFAULT_BASE_MODEL, task="causal_lm", is_adapter=True, pushed_as="me/sft", merged=True)
+    assert 'folder = snapshot_download("me/sft")' in packaged
+    assert 'AutoModelForCausalLM.from_pretrained(f"{folder}/base", trust_remote_code=True)' in packaged
+    assert 'AutoModelForCausalLM.from_pretrained(f"{folder}/merged", trust_remote_code=True)' in packaged
+    packaged_here = how_to_load("runs/sft", DEFAULT_BASE_MODEL, task="reward", is_adapter=True)
+    assert out in packaged_here and 'f"{folder}/base", num_labels=1' in packaged_here and "merged" not in packaged_here
+    full_lm = how_to_load("runs/sft", "openai-community/gpt2", task="causal_lm", is_adapter=False, pushed_as="me/sft")
     assert 'AutoTokenizer.from_pretrained("me/sft", trust_remote_code=True)' in full_lm  # the folder's config is remote code
-    full = how_to_load("me/rm", "openai-community/gpt2", task="reward", is_adapter=False)
+    full = how_to_load("runs/rm", "openai-community/gpt2", task="reward", is_adapter=False, pushed_as="me/rm")
     assert "AutoModelForSequenceClassification.from_pretrained(\"me/rm\"" in full and "peft" not in full
-    for code in (hub, elsewhere, full):
+    for code in (hub, elsewhere, packaged, full_lm, full):
+        assert str(tmp_path) not in code and str(Path(DEFAULT_BASE_MODEL).parent) not in code
+    for code in (hub, here, elsewhere, elsewhere_here, packaged, packaged_here, full_lm, full):
+        assert "import hf_llm" not in code and "from hf_llm" not in code
         compile(code, "card", "exec")
 
 

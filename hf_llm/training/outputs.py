@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 # Keys of saved arguments that may hold secrets; their values are never written anywhere.
@@ -96,42 +97,115 @@ def describe_base_model(base_model: str | None) -> str:
     return base_model
 
 
-def how_to_load(repo_id: str, base_model: str | None, *, task: str, is_adapter: bool) -> str:
-    """The model card's loading snippet for a finished run pushed as `repo_id`.
+# Where a run on the packaged base keeps its copy of that base, beside the adapter.
+BASE_FOLDER = "base"
+# The files that make the packaged base a model folder. Its card, metrics and loss plot stay behind,
+# and its tokenizer is the run's own, saved at the output folder's root.
+BASE_MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.py")
 
-    `task` is "causal_lm" or "reward". A full model loads by itself (as remote code). An adapter loads
-    with PEFT onto its base: a Hub base is named in the adapter's config, so PEFT's Auto classes find
-    it; the packaged default base is loaded from hf_llm; another local base must be loaded from
-    wherever the user keeps it.
+
+def bundle_packaged_base(output_dir, base_model: str | None) -> Path | None:
+    """Copy the packaged base model into `output_dir/base/` and name that copy in adapter_config.json;
+    returns the copy, or None when the adapter's base is not the packaged one.
+
+    PEFT records the base as the path it was loaded from: for the packaged base, a folder inside this
+    installation of hf_llm, which moves with every install and means nothing elsewhere. With its own
+    copy (5 MB, the weights file as shipped, our model as remote code) the output folder is whole: the
+    adapter loads onto its base with plain transformers and PEFT, from any directory, and the copy goes
+    to the Hub with the adapter. adapter_config.json names the copy by absolute path, as PEFT names any
+    local base: PEFT resolves the name against the working directory, not the adapter's folder, so a
+    relative name would load only from inside the output folder (and could pick up an unrelated
+    `base/`). The card's loading code does not rely on it: it loads `base/` beside the adapter.
+    """
+    if not _is_packaged_default(base_model):
+        return None
+    from .arguments import DEFAULT_BASE_MODEL
+
+    copy = Path(output_dir) / BASE_FOLDER
+    copy.mkdir(exist_ok=True)
+    for pattern in BASE_MODEL_FILES:
+        for source in sorted(Path(DEFAULT_BASE_MODEL).glob(pattern)):
+            shutil.copyfile(source, copy / source.name)
+    adapter_config = Path(output_dir) / "adapter_config.json"
+    config = json.loads(adapter_config.read_text())
+    config["base_model_name_or_path"] = str(copy.resolve())
+    adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return copy
+
+
+def how_to_load(output_dir, base_model: str | None, *, task: str, is_adapter: bool, pushed_as: str | None = None,
+                merged: bool = False) -> str:
+    """The model card's loading code for a finished run in `output_dir`, pushed to the Hub as `pushed_as`
+    (or not pushed: None).
+
+    A pushed run's code loads from the Hub and names no local path (the card goes up with the run); an
+    unpushed run's code names `output_dir` by its absolute path, so it runs from any working directory.
+    It needs transformers (and PEFT for an adapter), not hf_llm: the folders carry our model as
+    remote code, hence `trust_remote_code=True`.
+
+    `task` is "causal_lm" or "reward". A full model loads by itself. An adapter loads with PEFT onto
+    its base: a Hub base is named in adapter_config.json, so PEFT's Auto class finds it; the packaged
+    base is the copy in `base/` (`bundle_packaged_base`); another local base is loaded from its path,
+    a placeholder once pushed (the path means nothing on another machine). With `merged`, the code also
+    loads `merged/`, the full model with the adapter folded in (`--merge_adapter`).
+
+    Files in subfolders are read from a local folder: from the Hub, transformers' `subfolder=` would
+    meet the adapter_config.json at the repository's root and load the base it names instead.
     """
     reward = task == "reward"
     auto = "AutoModelForSequenceClassification" if reward else "AutoModelForCausalLM"
-    extra = ", num_labels=1" if reward else ""
-    tokenizer = "" if reward else f'\ntokenizer = AutoTokenizer.from_pretrained("{repo_id}"{", trust_remote_code=True" if not is_adapter else ""})'
-    tokenizer_import = "" if reward else "\nfrom transformers import AutoTokenizer"
-    if not is_adapter:
-        return (
-            f"from transformers import {auto}{', AutoTokenizer' if not reward else ''}\n\n"
-            f'model = {auto}.from_pretrained("{repo_id}", trust_remote_code=True){tokenizer}'
-        )
-    if not _is_local(base_model):
-        return (
-            f"from peft import AutoPeft{auto.removeprefix('Auto')}{tokenizer_import}\n\n"
-            f'model = AutoPeft{auto.removeprefix("Auto")}.from_pretrained("{repo_id}"{extra}, trust_remote_code=True){tokenizer}'
-        )
-    ours = "GPTForSequenceClassification" if reward else "GPTForCausalLM"
-    if _is_packaged_default(base_model):
-        base_lines = (
-            f"from hf_llm import {ours}\nfrom hf_llm.training import DEFAULT_BASE_MODEL\n\n"
-            f"base = {ours}.from_pretrained(DEFAULT_BASE_MODEL{extra})"
-        )
+    labels = ", num_labels=1" if reward else ""
+    bundled = is_adapter and _is_packaged_default(base_model)
+    merged = merged and is_adapter  # only an adapter run has a merged copy
+    transformers_names = set() if reward else {"AutoTokenizer"}
+    imports, lines = [], []
+    if pushed_as is None:
+        lines.append(f"folder = {_quoted(Path(output_dir).resolve())}")
+        where = "folder"
+    elif bundled or merged:
+        imports.append("from huggingface_hub import snapshot_download")
+        lines.append(f"folder = snapshot_download({_quoted(pushed_as)})  # a local copy of the repository")
+        where = "folder"
     else:
-        base_lines = (
-            f"from hf_llm import {ours}\n\n"
-            f"# The base model was a local checkpoint ({Path(base_model).name}): load it from where you keep it.\n"
-            f'base = {ours}.from_pretrained("path/to/{Path(base_model).name}"{extra})'
-        )
-    return f"from peft import PeftModel{tokenizer_import}\n{base_lines}\nmodel = PeftModel.from_pretrained(base, \"{repo_id}\"){tokenizer}"
+        where = _quoted(pushed_as)
+
+    if not is_adapter:
+        transformers_names.add(auto)
+        lines.append(f"model = {auto}.from_pretrained({where}, trust_remote_code=True)")
+    elif not _is_local(base_model):
+        peft_auto = f"AutoPeft{auto.removeprefix('Auto')}"
+        imports.append(f"from peft import {peft_auto}")
+        lines.append(f"model = {peft_auto}.from_pretrained({where}{labels}, trust_remote_code=True)")
+    else:
+        transformers_names.add(auto)
+        imports.append("from peft import PeftModel")
+        if bundled:
+            lines.append("# The base model, stdlib-gpt (shipped with hf_llm), travels with the adapter in base/.")
+            base = f'f"{{folder}}/{BASE_FOLDER}"'
+        elif pushed_as is None:
+            base = _quoted(Path(base_model).expanduser().resolve())
+        else:
+            name = Path(base_model).name
+            lines.append(f"# The base model was a local checkpoint ({name}): load it from where you keep it.")
+            base = _quoted(f"path/to/{name}")
+        lines.append(f"base = {auto}.from_pretrained({base}{labels}, trust_remote_code=True)")
+        lines.append(f"model = PeftModel.from_pretrained(base, {where})")
+    if not reward:
+        # trust_remote_code: a character-level tokenizer is hf_llm code, carried by the folder.
+        lines.append(f"tokenizer = AutoTokenizer.from_pretrained({where}, trust_remote_code=True)")
+    if merged:
+        transformers_names.add(auto)
+        lines.append("")
+        lines.append("# merged/ holds the base model with the adapter folded in: a full model, no PEFT needed.")
+        lines.append(f'merged = {auto}.from_pretrained(f"{{folder}}/merged", trust_remote_code=True)')
+    if transformers_names:
+        imports.append(f"from transformers import {', '.join(sorted(transformers_names))}")
+    return "\n".join(sorted(imports)) + "\n\n" + "\n".join(lines)
+
+
+def _quoted(text) -> str:
+    """`text` as a Python string literal (double-quoted, escaped; JSON's escapes are Python's)."""
+    return json.dumps(str(text))
 
 
 PIPELINE_TAGS = {"causal_lm": "text-generation", "reward": "text-classification"}

@@ -14,7 +14,7 @@ from .callbacks import NonFiniteLossError, perplexity
 from .errors import RecipeError
 from .hub_checks import check_push_possible
 from .output_dir import mark_run, prepare_output_dir
-from .outputs import how_to_load, known_secrets, push_folder, redact, write_loss_curve, write_model_card
+from .outputs import bundle_packaged_base, how_to_load, known_secrets, push_folder, redact, write_loss_curve, write_model_card
 
 logger = logging.getLogger("hf_llm")
 
@@ -145,8 +145,11 @@ class RecipeRun(TrainerCallback):
         if not trainer.is_world_process_zero():
             return
         is_adapter = hasattr(trainer.model, "peft_config")
-        if is_adapter and self.run_args.merge_adapter:
+        merged = is_adapter and self.run_args.merge_adapter
+        if merged:
             _save_merged(trainer.model, trainer.processing_class, output_dir / "merged")
+        if is_adapter:
+            bundle_packaged_base(output_dir, base_model)
         if task == "causal_lm" and "eval_loss" in metrics:
             metrics.setdefault("eval_perplexity", perplexity(metrics["eval_loss"]))
         trainer.save_metrics("all", metrics, combined=False)
@@ -164,7 +167,8 @@ class RecipeRun(TrainerCallback):
             tags=tags,
             task=task,
             is_adapter=is_adapter,
-            how_to_load=how_to_load(self.push["repo_id"], base_model, task=task, is_adapter=is_adapter),
+            how_to_load=how_to_load(output_dir, base_model, task=task, is_adapter=is_adapter, merged=merged,
+                                    pushed_as=self.push["repo_id"] if self.push["push"] else None),
             model_name=self.push["repo_id"],
         )
         _scrub_secrets(output_dir)
