@@ -50,15 +50,46 @@ def finetuning_defaults(output_dir: str, **settings) -> dict:
 
 
 @dataclass
-class ModelArguments(ModelConfig):
-    """Which model to start from and how to load it.
+class CheckpointArguments:
+    """Which checkpoint to load, and how.
 
-    TRL's `ModelConfig` (revision, attention, and the PEFT LoRA and quantization settings `--use_peft`,
-    `--lora_r`, ... that `trl.get_peft_config` reads; `--help` lists them under trl.ModelConfig), plus
-    the tokenizer and the pickle policy.
+    What generation needs of a model; `ModelArguments` adds what training needs.
     """
 
     _argument_group_name = "model"
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "An hf_llm checkpoint folder, a stock GPT-2 folder or Hub name (e.g. openai-community/gpt2), "
+                  "or a LoRA adapter folder (loaded onto the base model its adapter_config.json names)."},
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "Weights dtype to load in: float32, bfloat16, float16 or auto; unset: the checkpoint's."},
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention implementation: eager, sdpa, flex_attention, or flash_attention_2 (needs the "
+                  "flash-attn package); unset: transformers' choice."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or Hub name; unset: the model's own (or its adapter's)."}
+    )
+    allow_pickle_checkpoints: bool = field(
+        default=False,
+        metadata={"help": "Accept .bin/.pt (pickle) weights; they are then read with torch.load(weights_only=True). "
+                  "Otherwise only safetensors are read."},
+    )
+
+
+@dataclass
+class ModelArguments(CheckpointArguments, ModelConfig):
+    """Which model to start from and how to load it.
+
+    TRL's `ModelConfig` (revision, and the PEFT LoRA and quantization settings `--use_peft`, `--lora_r`,
+    ... that `trl.get_peft_config` reads; `--help` lists them under trl.ModelConfig), with
+    `CheckpointArguments`' fields in place of its model, dtype and attention ones.
+    """
 
     model_name_or_path: str | None = field(
         default=None,
@@ -68,19 +99,10 @@ class ModelArguments(ModelConfig):
             "(sizes from --n_layer/--n_embd/--n_head/--n_positions)."
         },
     )
-    dtype: str | None = field(
-        default=None,
-        metadata={"help": "Weights dtype to load in: float32, bfloat16, float16 or auto; unset: the checkpoint's."},
-    )
     tokenizer_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Tokenizer folder or Hub name; unset: the model's own. Pretraining also takes 'char' or 'bpe' "
                   "(build one from the training corpus)."},
-    )
-    allow_pickle_checkpoints: bool = field(
-        default=False,
-        metadata={"help": "Accept .bin/.pt (pickle) weights; they are then read with torch.load(weights_only=True). "
-                  "Otherwise only safetensors are read."},
     )
 
     def __post_init__(self):
