@@ -15,11 +15,11 @@ the prompt exactly as recipes/sft_lora.py trains, so an adapter is prompted the 
 import sys
 
 from hf_llm.training import (
-    DEFAULT_BASE_MODEL, GenerateArguments, ModelArguments, TrustArguments, generate_text, load_for_generation,
+    DEFAULT_BASE_MODEL, CheckpointArguments, GenerateArguments, TrustArguments, generate_text, load_for_generation,
     recipe_main, resolve_prompt,
 )
 
-DATACLASS_TYPES = (ModelArguments, GenerateArguments, TrustArguments)
+DATACLASS_TYPES = (CheckpointArguments, GenerateArguments, TrustArguments)
 
 DEFAULTS = dict(model_name_or_path=DEFAULT_BASE_MODEL)
 

@@ -8,6 +8,7 @@ from .adapters import adapter_disabled, peft_config_for
 from .arguments import (
     DEFAULT_BASE_MODEL,
     ArchitectureArguments,
+    CheckpointArguments,
     DataArguments,
     GenerateArguments,
     ModelArguments,
@@ -37,6 +38,7 @@ from .run import RecipeRun, lora_hyperparameters, recipe_main
 __all__ = [
     "DEFAULT_BASE_MODEL",
     "ArchitectureArguments",
+    "CheckpointArguments",
     "DataArguments",
     "ExactPairMetricsMixin",
     "GenerateArguments",

@@ -1,7 +1,9 @@
-"""Argument groups shared by the recipes, parsed together with TRL/transformers configs by `TrlParser`.
+"""Argument groups shared by the recipes, parsed together with TRL/transformers configs by `RecipeParser` (run.py).
 
 Every field is a command-line flag (`--model_name_or_path ...`) and a key of the recipe's YAML file
-(`--config recipes/configs/x.yaml`); flags override the YAML.
+(`--config recipes/configs/x.yaml`); flags override the YAML. Each class's `_argument_group_name` titles
+its group in a recipe's `--help`, and the first paragraph of its docstring describes the group; a help
+text says what unset (None) means, and `--help` adds the default where there is one.
 """
 
 from dataclasses import dataclass, field
@@ -50,31 +52,59 @@ def finetuning_defaults(output_dir: str, **settings) -> dict:
 
 
 @dataclass
-class ModelArguments(ModelConfig):
-    """Which model to start from and how to load it: TRL's `ModelConfig` (model, dtype, attention,
-    and the PEFT LoRA settings `--use_peft`, `--lora_r`, ... that `trl.get_peft_config` reads), plus
-    the tokenizer and the pickle policy."""
+class CheckpointArguments:
+    """Which checkpoint to load, and how.
+
+    What generation needs of a model; `ModelArguments` adds what training needs.
+    """
+
+    _argument_group_name = "model"
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "An hf_llm checkpoint folder, a stock GPT-2 folder or Hub name (e.g. openai-community/gpt2), "
+                  "or a LoRA adapter folder (loaded onto the base model its adapter_config.json names)."},
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "Weights dtype to load in: float32, bfloat16, float16 or auto; unset: the checkpoint's."},
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention implementation: eager, sdpa, flex_attention, or flash_attention_2 (needs the "
+                  "flash-attn package); unset: transformers' choice."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or Hub name; unset: the model's own (or its adapter's)."}
+    )
+    allow_pickle_checkpoints: bool = field(
+        default=False,
+        metadata={"help": "Accept .bin/.pt (pickle) weights; they are then read with torch.load(weights_only=True). "
+                  "Otherwise only safetensors are read."},
+    )
+
+
+@dataclass
+class ModelArguments(CheckpointArguments, ModelConfig):
+    """Which model to start from and how to load it.
+
+    TRL's `ModelConfig` (revision, and the PEFT LoRA and quantization settings `--use_peft`, `--lora_r`,
+    ... that `trl.get_peft_config` reads; `--help` lists them under trl.ModelConfig), with
+    `CheckpointArguments`' fields in place of its model, dtype and attention ones.
+    """
 
     model_name_or_path: str | None = field(
         default=None,
         metadata={
             "help": "An hf_llm checkpoint folder, a stock GPT-2 folder or Hub name (e.g. openai-community/gpt2), "
             "or a preset for training from scratch: gpt2-124m, gpt2-355m, gpt2-774m, gpt2-1558m, or 'scratch' "
-            "(sizes from --n_layer/--n_embd/--n_head/--n_positions). Default: the recipe's embedded default."
+            "(sizes from --n_layer/--n_embd/--n_head/--n_positions)."
         },
-    )
-    dtype: str | None = field(
-        default=None, metadata={"help": "Weights dtype to load in: float32, bfloat16, float16, auto (default: the checkpoint's)."}
     )
     tokenizer_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Tokenizer folder or Hub name; default: the model's own. Pretraining also takes 'char' or 'bpe' "
+        metadata={"help": "Tokenizer folder or Hub name; unset: the model's own. Pretraining also takes 'char' or 'bpe' "
                   "(build one from the training corpus)."},
-    )
-    allow_pickle_checkpoints: bool = field(
-        default=False,
-        metadata={"help": "Accept .bin/.pt (pickle) weights; they are then read with torch.load(weights_only=True). "
-                  "By default only safetensors are read."},
     )
 
     def __post_init__(self):
@@ -88,6 +118,8 @@ class ModelArguments(ModelConfig):
 class ArchitectureArguments:
     """The sizes and initialisation of a model trained from scratch (`--model_name_or_path scratch` or a preset)."""
 
+    _argument_group_name = "architecture"
+
     n_layer: int | None = field(default=None, metadata={"help": "Number of blocks."})
     n_embd: int | None = field(default=None, metadata={"help": "Width."})
     n_head: int | None = field(default=None, metadata={"help": "Attention heads."})
@@ -95,8 +127,8 @@ class ArchitectureArguments:
     dropout: float | None = field(default=None, metadata={"help": "Sets resid/embd/attn dropout."})
     init_scheme: str = field(
         default="gpt2",
-        metadata={"help": "'gpt2' (N(0, 0.02), transformers' GPT-2) or 'pytorch' (PyTorch's layer defaults, as the "
-                  "from-scratch book's GPTModel)."},
+        metadata={"help": "'gpt2' (N(0, 0.02), transformers' GPT-2) or 'pytorch' (each PyTorch layer's own initialisation, "
+                  "as the from-scratch book's GPTModel)."},
     )
     tie_word_embeddings: bool = field(default=True, metadata={"help": "Tie the LM head to the token embedding."})
 
@@ -105,10 +137,12 @@ class ArchitectureArguments:
 class DataArguments:
     """Where the data comes from and how it becomes model inputs."""
 
+    _argument_group_name = "data"
+
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A Hub data set name, a local file (json, jsonl, csv, parquet, txt) or a folder. "
-                  "Default: the embedded data set built from the Python standard library."},
+        metadata={"help": "A Hub data set name, a local file (json, jsonl, csv, parquet, txt) or a folder; "
+                  "unset: the recipe's embedded data set, built from the Python standard library."},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub data set configuration (e.g. 'python')."})
     dataset_split: str = field(default="train", metadata={"help": "Split to read."})
@@ -120,7 +154,7 @@ class DataArguments:
         default=None, metadata={"help": "code_search_net: keep rows of this repository only (e.g. apache/spark)."}
     )
     prompt_template: str | None = field(
-        default=None, metadata={"help": "Prompt template with {instruction} (and optionally {input}); default: Alpaca's."}
+        default=None, metadata={"help": "Prompt template with {instruction} (and optionally {input}); unset: Alpaca's."}
     )
     too_long: str = field(
         default="truncate",
@@ -131,6 +165,8 @@ class DataArguments:
 @dataclass
 class RunArguments:
     """What every recipe does around training."""
+
+    _argument_group_name = "run"
 
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace an output_dir that already holds another run."}
@@ -147,16 +183,20 @@ class RunArguments:
 class PretrainArguments:
     """How texts become fixed-length training blocks, and which tokenizer a from-scratch run builds."""
 
+    _argument_group_name = "pretraining"
+
     block_size: int = field(default=256, metadata={"help": "Tokens per training block (at most the model's n_positions)."})
     stride: int | None = field(
-        default=None, metadata={"help": "Step between block starts (the tutorials' sliding window); default: block_size."}
+        default=None, metadata={"help": "Step between block starts (the tutorials' sliding window); unset: block_size."}
     )
     bpe_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary size when --tokenizer_name_or_path bpe."})
 
 
 @dataclass
 class GenerateArguments:
-    """Prompt and decoding settings of recipes/generate.py (plus any transformers GenerationConfig field)."""
+    """The prompt, and how to decode (transformers' GenerationConfig fields of the same names)."""
+
+    _argument_group_name = "generation"
 
     prompt: str | None = field(
         default=None,
@@ -170,7 +210,7 @@ class GenerateArguments:
     )
     input: str = field(default="", metadata={"help": "The instruction's input, with --instruction."})
     prompt_template: str | None = field(
-        default=None, metadata={"help": "With --instruction: the template the adapter was trained with; default: Alpaca's."}
+        default=None, metadata={"help": "With --instruction: the template the adapter was trained with; unset: Alpaca's."}
     )
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate."})
     max_length: int | None = field(default=None, metadata={"help": "Total length limit (prompt + new), instead of max_new_tokens."})
@@ -185,11 +225,11 @@ class GenerateArguments:
     seed: int = field(default=42, metadata={"help": "Random seed for sampling."})
     stream: bool = field(default=True, metadata={"help": "Print tokens as they are generated (single sequence only)."})
     adapter_name_or_path: str | None = field(default=None, metadata={"help": "A LoRA adapter folder to apply on the model."})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, mps (default: the best available)."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda or mps; unset: CUDA, else MPS, else the CPU."})
     cache_implementation: str | None = field(
         default=None,
-        metadata={"help": "KV cache: 'dynamic' (grows per token, the default) or 'static' (preallocated to the "
-                  "maximum length, fixed shapes: what --compile needs)."},
+        metadata={"help": "KV cache: 'dynamic' (grows per token; also what unset means) or 'static' (preallocated to "
+                  "the maximum length, fixed shapes: what --compile needs)."},
     )
     compile: bool = field(
         default=False,
@@ -200,7 +240,12 @@ class GenerateArguments:
 
 @dataclass
 class TrustArguments:
-    """For recipes whose trainer config lacks it (SFTConfig and RewardConfig have their own)."""
+    """Whether a checkpoint may bring its own code.
+
+    For recipes whose trainer config lacks the flag (SFTConfig and RewardConfig have their own).
+    """
+
+    _argument_group_name = "remote code"
 
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow a checkpoint's own Python code to run. Never turned on by hf_llm itself."}
