@@ -168,6 +168,7 @@ def test_pushed_card_loads_what_was_uploaded_and_its_merged_copy(tmp_path, monke
                 (hub / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, hub / rel)
 
+    monkeypatch.setattr(HfApi, "whoami", lambda self, *args, **kwargs: {"name": "someone"})  # the pre-flight check
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
     out = tmp_path / "sft"
