@@ -78,20 +78,22 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_packaged_base_carries_the_package_remote_code(tmp_path):
-    """The packaged base holds the remote code save_pretrained writes today (same files, byte for byte) and
-    offers every class a recipe loads it as."""
+def test_copy_of_the_packaged_base_carries_the_package_remote_code(tmp_path):
+    """The base/ a run on the packaged base gets holds the remote code save_pretrained writes today (same
+    files, byte for byte), offers every class a recipe loads it as, and keeps the shipped weights."""
     from hf_llm import GPTConfig, GPTForCausalLM
+    from hf_llm.training.outputs import bundle_packaged_base
 
-    GPTForCausalLM(GPTConfig(vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2)).save_pretrained(tmp_path)
-    written = sorted(p.name for p in tmp_path.glob("*.py"))
-    packaged = Path(DEFAULT_BASE_MODEL)
-    assert written and sorted(p.name for p in packaged.glob("*.py")) == written
+    GPTForCausalLM(GPTConfig(vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2)).save_pretrained(tmp_path / "saved")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": DEFAULT_BASE_MODEL}))
+    copy = bundle_packaged_base(out, DEFAULT_BASE_MODEL)
+    written = sorted(p.name for p in (tmp_path / "saved").glob("*.py"))
+    assert written and sorted(p.name for p in copy.glob("*.py")) == written
     for name in written:
-        assert (packaged / name).read_bytes() == (tmp_path / name).read_bytes(), (
-            f"{packaged / name} is stale: copy hf_llm/models/gpt/{name} there (see its README)"
-        )
-    config = json.loads((packaged / "config.json").read_text())
+        assert (copy / name).read_bytes() == (tmp_path / "saved" / name).read_bytes(), name
+    config = json.loads((copy / "config.json").read_text())
     assert config["model_type"] == "gpt2"
     assert config["auto_map"] == {
         "AutoConfig": "configuration_gpt.GPTConfig",
@@ -99,6 +101,9 @@ def test_packaged_base_carries_the_package_remote_code(tmp_path):
         "AutoModelForCausalLM": "modeling_gpt.GPTForCausalLM",
         "AutoModelForSequenceClassification": "modeling_gpt.GPTForSequenceClassification",
     }
+    assert (copy / "model.safetensors").read_bytes() == (Path(DEFAULT_BASE_MODEL) / "model.safetensors").read_bytes()
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(copy.resolve())
+    assert not list(Path(DEFAULT_BASE_MODEL).glob("*.py"))  # the package holds one copy of its code
 
 
 def test_adapter_card_on_the_packaged_base_runs_without_hf_llm_from_another_directory(tmp_path, monkeypatch):

@@ -101,7 +101,16 @@ def describe_base_model(base_model: str | None) -> str:
 BASE_FOLDER = "base"
 # The files that make the packaged base a model folder. Its card, metrics and loss plot stay behind,
 # and its tokenizer is the run's own, saved at the output folder's root.
-BASE_MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.py")
+BASE_MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors")
+# The classes a copy of the packaged base offers as remote code: the reward recipe loads the base as a
+# sequence classifier, while a saved language model's auto_map would name only its own class.
+REMOTE_CODE_FILES = ("configuration_gpt.py", "modeling_gpt.py", "speed_paths.py")  # what save_pretrained copies
+BASE_AUTO_MAP = {
+    "AutoConfig": "configuration_gpt.GPTConfig",
+    "AutoModel": "modeling_gpt.GPTModel",
+    "AutoModelForCausalLM": "modeling_gpt.GPTForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_gpt.GPTForSequenceClassification",
+}
 
 
 def bundle_packaged_base(output_dir, base_model: str | None) -> Path | None:
@@ -121,11 +130,18 @@ def bundle_packaged_base(output_dir, base_model: str | None) -> Path | None:
         return None
     from .arguments import DEFAULT_BASE_MODEL
 
+    from ..models import gpt
+
     copy = Path(output_dir) / BASE_FOLDER
     copy.mkdir(exist_ok=True)
     for pattern in BASE_MODEL_FILES:
         for source in sorted(Path(DEFAULT_BASE_MODEL).glob(pattern)):
             shutil.copyfile(source, copy / source.name)
+    # The remote code, from this package (the files save_pretrained copies), and the auto_map naming it.
+    for name in REMOTE_CODE_FILES:
+        shutil.copyfile(Path(gpt.__file__).parent / name, copy / name)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "auto_map": BASE_AUTO_MAP}, indent=2, sort_keys=True) + "\n")
     adapter_config = Path(output_dir) / "adapter_config.json"
     config = json.loads(adapter_config.read_text())
     config["base_model_name_or_path"] = str(copy.resolve())
