@@ -131,7 +131,7 @@ def test_a_misspelt_yaml_key_gets_the_closest_one(tmp_path, capsys):
 
 
 def test_dashed_flags_and_config_with_equals_still_parse(tmp_path):
-    from hf_llm.training.run import parse_recipe_args
+    from hf_llm.training.command_line import parse_recipe_args
 
     recipe = runpy.run_path(str(RECIPES / "generate.py"))
     config = tmp_path / "gen.yaml"

@@ -361,7 +361,7 @@ def test_every_config_is_covered():
 @pytest.mark.parametrize("config_name", sorted(CONFIG_RECIPES))
 def test_config_parses_with_its_recipe(config_name):
     recipe = runpy.run_path(str(RECIPES / f"{CONFIG_RECIPES[config_name]}.py"))
-    from hf_llm.training.run import parse_recipe_args
+    from hf_llm.training.command_line import parse_recipe_args
 
     types = recipe["DATACLASS_TYPES"]
     argv = ["--config", str(RECIPES / "configs" / config_name)]

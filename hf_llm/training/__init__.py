@@ -33,7 +33,8 @@ from .recipe_data import (
     load_sft_data,
     load_text_corpus,
 )
-from .run import RecipeRun, lora_hyperparameters, recipe_main
+from .command_line import recipe_main
+from .run import RecipeRun, lora_hyperparameters
 
 __all__ = [
     "DEFAULT_BASE_MODEL",
