@@ -500,3 +500,32 @@ def test_sft_data_log_says_whether_the_template_was_applied(tmp_path, caplog):
         load_sft_data(DataArguments(dataset_name=str(tmp_path / "alpaca.json")))
     assert "prompt/completion rows, trained on as written (the prompt template is not applied)" in caplog.text
     assert "instruction rows, each prompt built with the Alpaca prompt template" in caplog.text
+
+
+def test_dpo_embedded_default(tmp_path, capsys):
+    import math
+
+    out = tmp_path / "dpo"
+    run_recipe("dpo", "--output_dir", str(out), "--max_steps", "6", "--max_eval_samples", "16", *FAST)
+    assert_standard_outputs(out, adapter=True)
+    metrics = outputs(out)["metrics"]
+    # The reference is the base with the adapter switched off: before training the policy (LoRA B = 0) is
+    # that same model, so every reward is exactly 0 and the DPO loss is log 2.
+    assert metrics["eval_initial_rewards/margins"] == 0 and metrics["eval_initial_rewards/accuracies"] == 0
+    assert metrics["eval_initial_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert metrics["eval_logps/chosen"] != metrics["eval_initial_logps/chosen"]  # training moved the policy
+    assert 0.0 <= metrics["eval_rewards/accuracies"] <= 1.0 and "eval_perplexity" not in metrics
+    summary = capsys.readouterr().out
+    assert "held-out: eval_rewards/accuracies" in summary and "(before training: 0.0000)" in summary
+    assert_adapter_card_loads_the_saved_adapter(out)
+
+
+def test_dpo_on_shared_instruction_preferences(tmp_path, shared_data):
+    out = tmp_path / "dpo_shared"
+    run_recipe(
+        "dpo", "--output_dir", str(out), "--dataset_name", str(shared_data / "raw" / "instruction-data-with-preference.json"),
+        "--max_steps", "4", "--max_train_samples", "40", "--max_eval_samples", "8", *FAST,
+    )
+    metrics = outputs(out)["metrics"]
+    assert metrics["eval_initial_rewards/margins"] == 0 and "eval_rewards/margins" in metrics
+    assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"

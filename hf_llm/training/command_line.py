@@ -215,8 +215,9 @@ def quiet_known_library_noise():
     - TRL's SFTConfig and RewardConfig still default `gradient_checkpointing=True`, a name transformers
       5.24 deprecated for `activation_checkpointing` (it maps one onto the other): a FutureWarning at
       every parse. `--gradient_checkpointing` keeps working, so the warning tells the user nothing.
-    - TRL and PEFT read the model's `is_gradient_checkpointing`, deprecated in transformers 5.24 for
-      `is_activation_checkpointing`: a FutureWarning from inside their code.
+    - TRL and PEFT read the model's `is_gradient_checkpointing` and TRL's DPOTrainer calls
+      `gradient_checkpointing_enable`/`_disable`, deprecated in transformers 5.24 for their `activation_` names: a
+      FutureWarning from inside their code.
     - `datasets` draws a progress bar for each fast in-memory pass TRL makes over the data (EOS,
       tokenizing, labels, truncation, filtering), a wall of bars before the training one.
     Everything else, our own warnings and errors included, still shows, from the main process.
@@ -227,6 +228,7 @@ def quiet_known_library_noise():
 
     warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing_(en|dis)able` is deprecated", category=FutureWarning)
     datasets.disable_progress_bars()
     if int(os.environ.get("RANK", "0")) != 0:
         # Under a multi-process launch every process runs the recipe; the main one speaks for all, so a

@@ -70,12 +70,13 @@ class RecipeRun(TrainerCallback):
 
     def finish(self, trainer, metrics: dict, *, task: str, title: str, summary: str, base_model: str | None,
                dataset: str, tags: list[str], hyperparameters: dict | None = None,
-               headline: dict[str, str | None] | None = None, try_it: str | None = None):
+               headline: dict[str, str | None] | None = None, try_it: str | None = None, lm_loss: bool = True):
         """Save the trained model or adapter (every process: FSDP and DeepSpeed gather shards there), then
         on the main process: the merged model (`--merge_adapter`), metrics and trainer state, the loss
         plot, the model card; mark the run complete; push once; print the run's summary.
 
-        `task` is "causal_lm" (the eval loss is also reported as perplexity) or "reward". `headline` maps
+        `task` is "causal_lm" (the eval loss is also reported as perplexity, if `lm_loss`: it is the
+        next-token loss) or "reward". `headline` maps
         the summary's held-out figures to the metric holding their value before training (or None);
         `try_it` is the command that tries the result.
         """
@@ -89,7 +90,7 @@ class RecipeRun(TrainerCallback):
             _save_merged(trainer.model, trainer.processing_class, output_dir / "merged")
         if is_adapter:
             bundle_packaged_base(output_dir, base_model)
-        if task == "causal_lm" and "eval_loss" in metrics:
+        if task == "causal_lm" and lm_loss and "eval_loss" in metrics:
             metrics.setdefault("eval_perplexity", perplexity(metrics["eval_loss"]))
         trainer.save_metrics("all", metrics, combined=False)
         trainer.save_state()
