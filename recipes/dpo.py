@@ -14,8 +14,7 @@ margin, and the chosen and rejected log-probabilities.
 from trl import DPOConfig, DPOTrainer
 
 from hf_llm.training import (
-    DataArguments, ModelArguments, RecipeRun, RunArguments, check_vocab_agreement, enforce_length_limit,
-    finetuning_defaults, guarded, load_model, load_preference_data, lora_hyperparameters, peft_config_for,
+    PAIR_SEQUENCES, DataArguments, ModelArguments, RecipeRun, RunArguments, finetuning_defaults, fit_to_model, guarded, load_model, load_preference_data, lora_hyperparameters, peft_config_for,
     recipe_main, resolve_tokenizer,
 )
 
@@ -44,10 +43,7 @@ def main(model_args, data_args, run_args, training_args):
     tokenizer = resolve_tokenizer(model_args)
     data = load_preference_data(data_args, seed=training_args.seed)
     model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=training_args.trust_remote_code)
-    check_vocab_agreement(model, tokenizer)
-    data, training_args.max_length = enforce_length_limit(
-        data, tokenizer, model, training_args.max_length, data_args.too_long, [("prompt", "chosen"), ("prompt", "rejected")],
-    )
+    data = fit_to_model(data, tokenizer, model, training_args, data_args.too_long, PAIR_SEQUENCES)
 
     trainer = guarded(DPOTrainer)(
         model=model,

@@ -11,8 +11,8 @@ higher. Held-out accuracy is the share of pairs where it does.
 from trl import RewardConfig, RewardTrainer
 
 from hf_llm.training import (
-    DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, check_vocab_agreement,
-    enforce_length_limit, finetuning_defaults, guarded, load_model, load_preference_data, lora_hyperparameters,
+    PAIR_SEQUENCES, DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, fit_to_model,
+    finetuning_defaults, guarded, load_model, load_preference_data, lora_hyperparameters,
     peft_config_for, recipe_main, resolve_tokenizer,
 )
 
@@ -40,11 +40,7 @@ def main(model_args, data_args, run_args, training_args):
     tokenizer = resolve_tokenizer(model_args)
     data = load_preference_data(data_args, seed=training_args.seed)
     model = load_model(model_args, "sequence-classification", tokenizer, num_labels=1, trust_remote_code=training_args.trust_remote_code)
-    check_vocab_agreement(model, tokenizer)
-    data, training_args.max_length = enforce_length_limit(
-        data, tokenizer, model, training_args.max_length, data_args.too_long, [("prompt", "chosen"), ("prompt", "rejected")],
-        eos_appended_by_trainer=tokenizer.eos_token,
-    )
+    data = fit_to_model(data, tokenizer, model, training_args, data_args.too_long, PAIR_SEQUENCES)
 
     trainer = guarded(RewardTrainer, ExactPairMetricsMixin)(
         model=model,

@@ -12,8 +12,8 @@ and without it (the base model), and a few held-out answers are generated both w
 from trl import SFTConfig, SFTTrainer
 
 from hf_llm.training import (
-    DataArguments, ModelArguments, RecipeRun, RunArguments, adapter_disabled, check_vocab_agreement, compare_answers,
-    enforce_length_limit, finetuning_defaults, guarded, load_model, load_sft_data, lora_hyperparameters,
+    DataArguments, ModelArguments, RecipeRun, RunArguments, adapter_disabled, compare_answers,
+    fit_to_model, finetuning_defaults, guarded, load_model, load_sft_data, lora_hyperparameters,
     peft_config_for, recipe_main, resolve_tokenizer,
 )
 
@@ -43,11 +43,8 @@ def main(model_args, data_args, run_args, training_args):
     tokenizer = resolve_tokenizer(model_args)
     data = load_sft_data(data_args, seed=training_args.seed)
     model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=training_args.trust_remote_code)
-    check_vocab_agreement(model, tokenizer)
-    data, training_args.max_length = enforce_length_limit(
-        data, tokenizer, model, training_args.max_length, data_args.too_long, [("prompt", "completion")],
-        truncatable_after="prompt",
-    )
+    data = fit_to_model(data, tokenizer, model, training_args, data_args.too_long, [("prompt", "completion")],
+                        truncatable_after="prompt")
 
     trainer = guarded(SFTTrainer)(
         model=model,

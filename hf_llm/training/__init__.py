@@ -26,9 +26,11 @@ from .errors import RecipeError
 from .generation import generate_text, load_for_generation, resolve_prompt
 from .loading import check_vocab_agreement, load_model, resolve_tokenizer
 from .recipe_data import (
+    PAIR_SEQUENCES,
     blocks_dataset,
     check_block_size,
     enforce_length_limit,
+    fit_to_model,
     load_preference_data,
     load_sft_data,
     load_text_corpus,
@@ -57,7 +59,9 @@ __all__ = [
     "check_vocab_agreement",
     "compare_answers",
     "cpu_only",
+    "PAIR_SEQUENCES",
     "enforce_length_limit",
+    "fit_to_model",
     "finetuning_defaults",
     "generate_text",
     "guarded",

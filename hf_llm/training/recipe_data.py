@@ -230,3 +230,21 @@ def blocks_dataset(texts, tokenizer, block_size: int, stride: int | None = None,
             f"Use more data or a smaller --block_size."
         )
     return Dataset.from_dict({"input_ids": blocks, "labels": [list(b) for b in blocks]})
+
+
+# The token sequences a preference pair becomes in the trainers: prompt + chosen, prompt + rejected.
+PAIR_SEQUENCES = [("prompt", "chosen"), ("prompt", "rejected")]
+
+
+def fit_to_model(data, tokenizer, model, training_args, too_long: str, sequences, *, truncatable_after: str | None = None):
+    """The checks between data, tokenizer and model before a trainer sees them: every token id has an
+    embedding row, and rows longer than the context are handled by `too_long` (`enforce_length_limit`).
+    Sets `training_args.max_length` to the limit the trainer must use; returns the data."""
+    from .loading import check_vocab_agreement
+
+    check_vocab_agreement(model, tokenizer)
+    data, training_args.max_length = enforce_length_limit(
+        data, tokenizer, model, training_args.max_length, too_long, sequences, truncatable_after=truncatable_after
+    )
+    return data
+
