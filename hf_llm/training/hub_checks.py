@@ -1,6 +1,7 @@
 """One request to the Hub before any work: a name that is neither a local path nor on a reachable Hub, or
 a push that cannot happen, is refused at once with what to do, instead of after retries or training."""
 
+import functools
 import os
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def hub_offline() -> bool:
 def check_hub_name(name: str, repo_type: str, flag: str) -> None:
     """Refuse `name` (a `repo_type` "model" or "dataset" id given by `flag`) unless it is a local path or
     the Hub, asked once, knows it. Offline, or with a copy in the local cache, nothing is asked."""
-    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 
     if looks_like_local_path(name) or Path(name).expanduser().exists() or hub_offline():
@@ -29,9 +30,8 @@ def check_hub_name(name: str, repo_type: str, flag: str) -> None:
             return
     except HFValidationError:
         raise RecipeError(f"{flag} {name}: no such local path, and not a valid Hub id (owner/name). Check the path.") from None
-    info = HfApi().dataset_info if repo_type == "dataset" else HfApi().model_info
     try:
-        info(name, timeout=HUB_TIMEOUT)
+        _ask_hub(name, repo_type)
     except GatedRepoError:
         return  # it exists; loading it says how to get access
     except RepositoryNotFoundError:
@@ -41,6 +41,15 @@ def check_hub_name(name: str, repo_type: str, flag: str) -> None:
         ) from None
     except Exception as err:  # noqa: BLE001 - see _unreachable
         raise RecipeError(_unreachable(f"{flag} {name}: no such local path, and", err, "or give a local path")) from None
+
+
+@functools.lru_cache
+def _ask_hub(name: str, repo_type: str) -> None:
+    """One request: does the Hub know `name`? Raises what huggingface_hub raises if not. An answer that
+    it does is kept, so a model named for both the weights and the tokenizer is asked about once."""
+    from huggingface_hub import HfApi
+
+    (HfApi().dataset_info if repo_type == "dataset" else HfApi().model_info)(name, timeout=HUB_TIMEOUT)
 
 
 def check_push_possible(token: str | None) -> None:

@@ -1,7 +1,6 @@
 """What a finished run leaves in its output folder: metrics, loss curve, model card, and the Hub push."""
 
 import json
-import math
 import os
 import re
 import shutil
@@ -56,22 +55,6 @@ def write_loss_curve(log_history: list[dict], path, title: str = "Loss") -> Path
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return Path(path)
-
-
-def write_json(data: dict, path) -> Path:
-    """Write JSON (secrets redacted, non-finite numbers as strings so the file stays valid JSON)."""
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return str(v)
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    Path(path).write_text(json.dumps(clean(redact(data)), indent=2, sort_keys=True, default=str) + "\n")
     return Path(path)
 
 

@@ -10,6 +10,7 @@ from .. import data as data_layer
 from .. import stdlib_data
 from .errors import RecipeError
 from .hub_checks import check_hub_name
+from .loading import check_vocab_agreement
 
 logger = logging.getLogger("hf_llm")
 
@@ -240,8 +241,6 @@ def fit_to_model(data, tokenizer, model, training_args, too_long: str, sequences
     """The checks between data, tokenizer and model before a trainer sees them: every token id has an
     embedding row, and rows longer than the context are handled by `too_long` (`enforce_length_limit`).
     Sets `training_args.max_length` to the limit the trainer must use; returns the data."""
-    from .loading import check_vocab_agreement
-
     check_vocab_agreement(model, tokenizer)
     data, training_args.max_length = enforce_length_limit(
         data, tokenizer, model, training_args.max_length, too_long, sequences, truncatable_after=truncatable_after

@@ -190,6 +190,4 @@ def _scrub_secrets(output_dir: Path):
             continue
         text = path.read_text(errors="ignore")
         if any(s in text for s in secrets):
-            for s in secrets:
-                text = text.replace(s, "<redacted>")
-            path.write_text(text)
+            path.write_text(redact_text(text))
