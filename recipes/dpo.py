@@ -14,8 +14,8 @@ margin, and the chosen and rejected log-probabilities.
 from trl import DPOConfig, DPOTrainer
 
 from hf_llm.training import (
-    PAIR_SEQUENCES, DataArguments, ModelArguments, RecipeRun, RunArguments, finetuning_defaults, fit_to_model, guarded, load_model, load_preference_data, lora_hyperparameters, peft_config_for,
-    recipe_main, resolve_tokenizer,
+    DataArguments, ModelArguments, RecipeRun, RunArguments, finetuning_defaults, guarded, load_finetuning_inputs,
+    lora_hyperparameters, recipe_main,
 )
 
 RECIPE = "dpo"  # the name this recipe's runs are recorded under in their output_dir
@@ -40,19 +40,8 @@ def main(model_args, data_args, run_args, training_args):
     run = RecipeRun(RECIPE, training_args, run_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
-    tokenizer = resolve_tokenizer(model_args)
-    data = load_preference_data(data_args, seed=training_args.seed)
-    model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=training_args.trust_remote_code)
-    data = fit_to_model(data, tokenizer, model, training_args, data_args.too_long, PAIR_SEQUENCES)
-
-    trainer = guarded(DPOTrainer)(
-        model=model,
-        args=training_args,
-        train_dataset=data["train"],
-        eval_dataset=data["test"],
-        processing_class=tokenizer,
-        peft_config=peft_config_for(model, model_args),
-    )
+    inputs = load_finetuning_inputs(model_args, data_args, training_args, "preference")
+    trainer = guarded(DPOTrainer)(args=training_args, **inputs.trainer_inputs())
     before = trainer.evaluate(metric_key_prefix="eval_initial")
     metrics = {**run.train(trainer), **trainer.evaluate()}
     # TRL names its pair metrics eval_* whatever the evaluation's prefix: file the first ones as eval_initial_*.

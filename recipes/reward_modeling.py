@@ -11,9 +11,8 @@ higher. Held-out accuracy is the share of pairs where it does.
 from trl import RewardConfig, RewardTrainer
 
 from hf_llm.training import (
-    PAIR_SEQUENCES, DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, fit_to_model,
-    finetuning_defaults, guarded, load_model, load_preference_data, lora_hyperparameters,
-    peft_config_for, recipe_main, resolve_tokenizer,
+    DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, finetuning_defaults, guarded,
+    load_finetuning_inputs, lora_hyperparameters, recipe_main,
 )
 
 RECIPE = "reward_modeling"  # the name this recipe's runs are recorded under in their output_dir
@@ -37,19 +36,8 @@ def main(model_args, data_args, run_args, training_args):
     run = RecipeRun(RECIPE, training_args, run_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
-    tokenizer = resolve_tokenizer(model_args)
-    data = load_preference_data(data_args, seed=training_args.seed)
-    model = load_model(model_args, "sequence-classification", tokenizer, num_labels=1, trust_remote_code=training_args.trust_remote_code)
-    data = fit_to_model(data, tokenizer, model, training_args, data_args.too_long, PAIR_SEQUENCES)
-
-    trainer = guarded(RewardTrainer, ExactPairMetricsMixin)(
-        model=model,
-        args=training_args,
-        train_dataset=data["train"],
-        eval_dataset=data["test"],
-        processing_class=tokenizer,
-        peft_config=peft_config_for(model, model_args),
-    )
+    inputs = load_finetuning_inputs(model_args, data_args, training_args, "preference", task="sequence-classification")
+    trainer = guarded(RewardTrainer, ExactPairMetricsMixin)(args=training_args, **inputs.trainer_inputs())
     before = trainer.evaluate(metric_key_prefix="eval_initial")
     metrics = {**run.train(trainer), **trainer.evaluate()}
     metrics.update({k: v for k, v in before.items() if k in ("eval_initial_loss", "eval_initial_accuracy")})

@@ -12,9 +12,8 @@ and without it (the base model), and a few held-out answers are generated both w
 from trl import SFTConfig, SFTTrainer
 
 from hf_llm.training import (
-    DataArguments, ModelArguments, RecipeRun, RunArguments, adapter_disabled, compare_answers,
-    fit_to_model, finetuning_defaults, guarded, load_model, load_sft_data, lora_hyperparameters,
-    peft_config_for, recipe_main, resolve_tokenizer,
+    DataArguments, ModelArguments, RecipeRun, RunArguments, adapter_disabled, compare_answers, finetuning_defaults,
+    guarded, load_finetuning_inputs, lora_hyperparameters, recipe_main,
 )
 
 RECIPE = "sft_lora"  # the name this recipe's runs are recorded under in their output_dir
@@ -40,27 +39,15 @@ def main(model_args, data_args, run_args, training_args):
     run = RecipeRun(RECIPE, training_args, run_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
-    tokenizer = resolve_tokenizer(model_args)
-    data = load_sft_data(data_args, seed=training_args.seed)
-    model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=training_args.trust_remote_code)
-    data = fit_to_model(data, tokenizer, model, training_args, data_args.too_long, [("prompt", "completion")],
-                        truncatable_after="prompt")
-
-    trainer = guarded(SFTTrainer)(
-        model=model,
-        args=training_args,
-        train_dataset=data["train"],
-        eval_dataset=data["test"],
-        processing_class=tokenizer,
-        peft_config=peft_config_for(model, model_args),
-    )
+    inputs = load_finetuning_inputs(model_args, data_args, training_args, "sft")
+    trainer = guarded(SFTTrainer)(args=training_args, **inputs.trainer_inputs())
     metrics = {**run.train(trainer), **trainer.evaluate()}
     with adapter_disabled(trainer.model) as disabled:
         if disabled:  # the base model's held-out loss: the before of the tutorial's before/after
             base = trainer.evaluate(metric_key_prefix="eval_base")
             metrics.update({k: v for k, v in base.items() if k.endswith("_loss")})
     compare_answers(
-        trainer.model, tokenizer, data["test"]["prompt"][:3], training_args.output_dir, run_args.sample_max_new_tokens,
+        trainer.model, inputs.tokenizer, inputs.data["test"]["prompt"][:3], training_args.output_dir, run_args.sample_max_new_tokens,
         write=trainer.is_world_process_zero(),
     )
 

@@ -23,6 +23,7 @@ from .arguments import (
 from .callbacks import ExactPairMetricsMixin, SampleGenerationCallback, guarded
 from .compare import compare_answers
 from .errors import RecipeError
+from .finetuning import FinetuningInputs, load_finetuning_inputs
 from .generation import generate_text, load_for_generation, resolve_prompt
 from .loading import check_vocab_agreement, load_model, resolve_tokenizer
 from .recipe_data import (
@@ -44,6 +45,7 @@ __all__ = [
     "CheckpointArguments",
     "DataArguments",
     "ExactPairMetricsMixin",
+    "FinetuningInputs",
     "GenerateArguments",
     "ModelArguments",
     "PretrainArguments",
@@ -65,6 +67,7 @@ __all__ = [
     "finetuning_defaults",
     "generate_text",
     "guarded",
+    "load_finetuning_inputs",
     "load_for_generation",
     "load_model",
     "load_preference_data",
