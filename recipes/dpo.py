@@ -1,10 +1,11 @@
 """Direct preference optimisation: TRL's DPOTrainer with a PEFT LoRA adapter on a GPT. The reference model
 is the same base with the adapter switched off, so no second copy is held.
 
-    accelerate launch recipes/dpo.py                               # embedded default: offline, minutes on a laptop
+    accelerate launch recipes/dpo.py          # after recipes/sft_lora.py: starts from outputs/sft_lora, offline
     accelerate launch recipes/dpo.py --model_name_or_path outputs/sft_lora/merged \
         --dataset_name ../shared/data/raw/instruction-data-with-preference.json
 
+The starting model is the SFT stage's output (its adapter merged into its base), or any causal LM.
 Each pair is a prompt (an instruction formatted with the SFT prompt template, or a prompt as written) with
 a chosen and a rejected answer. Before and after training the held-out pairs are scored: preference
 accuracy (the chosen answer's log-ratio to the reference above the rejected one's), the mean reward
@@ -25,6 +26,7 @@ PAIR_METRICS = ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/
 
 DEFAULTS = finetuning_defaults(
     "outputs/dpo",
+    model_name_or_path="outputs/sft_lora",  # the SFT stage's default output
     lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["c_attn"], lora_task_type="CAUSAL_LM",
     max_length=256,
     too_long="drop",

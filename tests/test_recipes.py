@@ -502,11 +502,45 @@ def test_sft_data_log_says_whether_the_template_was_applied(tmp_path, caplog):
     assert "instruction rows, each prompt built with the Alpaca prompt template" in caplog.text
 
 
-def test_dpo_embedded_default(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def sft_output(tmp_path_factory):
+    """A short run of the SFT stage: what outputs/sft_lora holds after `recipes/sft_lora.py`."""
+    out = tmp_path_factory.mktemp("stages") / "sft_lora"
+    run_recipe("sft_lora", "--output_dir", str(out), "--max_steps", "4", "--max_eval_samples", "8", *FAST)
+    return out
+
+
+def test_dpo_without_the_sft_stage_names_the_command_to_run_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        run_recipe("dpo", "--max_steps", "2")
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and "outputs/sft_lora: no such folder" in message
+    assert "accelerate launch recipes/sft_lora.py" in message and not (tmp_path / "outputs").exists()
+
+
+def test_dpo_starts_from_the_sft_adapter_merged_into_its_base(sft_output):
+    from peft import PeftModel
+
+    from hf_llm.models.gpt import GPTForCausalLM
+    from hf_llm.training import ModelArguments, load_model
+
+    started = load_model(ModelArguments(model_name_or_path=str(sft_output)))
+    base = GPTForCausalLM.from_pretrained(sft_output / "base")
+    expected = PeftModel.from_pretrained(GPTForCausalLM.from_pretrained(sft_output / "base"), sft_output).merge_and_unload()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(started(ids).logits, expected(ids).logits)
+        assert not torch.allclose(started(ids).logits, base(ids).logits)  # the SFT adapter is in it
+    assert type(started) is GPTForCausalLM
+
+
+def test_dpo_embedded_default(tmp_path, capsys, sft_output):
     import math
 
     out = tmp_path / "dpo"
-    run_recipe("dpo", "--output_dir", str(out), "--max_steps", "6", "--max_eval_samples", "16", *FAST)
+    run_recipe("dpo", "--model_name_or_path", str(sft_output), "--output_dir", str(out), "--max_steps", "6",
+               "--max_eval_samples", "16", *FAST)
     assert_standard_outputs(out, adapter=True)
     metrics = outputs(out)["metrics"]
     # The reference is the base with the adapter switched off: before training the policy (LoRA B = 0) is
@@ -520,10 +554,10 @@ def test_dpo_embedded_default(tmp_path, capsys):
     assert_adapter_card_loads_the_saved_adapter(out)
 
 
-def test_dpo_on_shared_instruction_preferences(tmp_path, shared_data):
+def test_dpo_on_shared_instruction_preferences(tmp_path, shared_data, sft_output):
     out = tmp_path / "dpo_shared"
     run_recipe(
-        "dpo", "--output_dir", str(out), "--dataset_name", str(shared_data / "raw" / "instruction-data-with-preference.json"),
+        "dpo", "--model_name_or_path", str(sft_output), "--output_dir", str(out), "--dataset_name", str(shared_data / "raw" / "instruction-data-with-preference.json"),
         "--max_steps", "4", "--max_train_samples", "40", "--max_eval_samples", "8", *FAST,
     )
     metrics = outputs(out)["metrics"]

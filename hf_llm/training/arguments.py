@@ -44,11 +44,12 @@ def finetuning_defaults(output_dir: str, **settings) -> dict:
     """`recipe_defaults` for fine-tuning the packaged base model with a PEFT LoRA adapter (SFT, reward
     modelling): bf16 where the GPU has it, 150 steps at batch 8, a checkpoint every 50 steps, no
     evaluation during training (the recipe evaluates before and after); then the recipe's `settings`."""
-    return recipe_defaults(
-        output_dir, model_name_or_path=DEFAULT_BASE_MODEL, bf16=bf16_available(), use_peft=True, max_steps=150,
+    shared = dict(
+        model_name_or_path=DEFAULT_BASE_MODEL, bf16=bf16_available(), use_peft=True, max_steps=150,
         per_device_train_batch_size=8, per_device_eval_batch_size=16, eval_strategy="no", save_strategy="steps",
-        save_steps=50, **settings,
+        save_steps=50,
     )
+    return recipe_defaults(output_dir, **{**shared, **settings})
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Loading the model and tokenizer a recipe runs on: checkpoints (ours or stock GPT-2, safetensors
 unless pickles are allowed), or a new model from a preset; and the checks that they fit together."""
 
+import copy
+import json
 import logging
 from pathlib import Path
 
@@ -109,6 +111,8 @@ def load_model(
             raise RecipeError(f"--init_scheme must be 'gpt2' or 'pytorch', got {architecture.init_scheme!r}.")
         return model
 
+    if is_adapter_folder(name):
+        return _load_merged_adapter(model_args, task, tokenizer, num_labels, trust_remote_code)
     use_safetensors = check_weights_are_safe(name, model_args.allow_pickle_checkpoints)
     kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=use_safetensors or None, revision=model_args.model_revision)
     quantization = get_quantization_config(model_args)  # --load_in_4bit / --load_in_8bit, as TRL's scripts
@@ -127,6 +131,46 @@ def load_model(
     if tokenizer is not None:
         _use_tokenizer_special_tokens(model, tokenizer)
     return model
+
+
+def is_adapter_folder(name_or_path: str) -> bool:
+    """A local folder holding a PEFT adapter (adapter_config.json) rather than full weights."""
+    return Path(name_or_path, "adapter_config.json").is_file()
+
+
+def adapter_base(adapter_folder: str) -> str:
+    """The base model an adapter folder was trained on: the packaged base copied beside it (`base/`),
+    else the base its adapter_config.json names."""
+    bundled = Path(adapter_folder, "base")
+    if (bundled / "config.json").is_file():
+        return str(bundled)
+    base = json.loads(Path(adapter_folder, "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise RecipeError(
+            f"{adapter_folder}/adapter_config.json names no base_model_name_or_path: pass the merged model "
+            f"({adapter_folder}/merged, written with --merge_adapter) as --model_name_or_path instead."
+        )
+    return base
+
+
+def _load_merged_adapter(model_args, task, tokenizer, num_labels, trust_remote_code):
+    """An earlier stage's adapter (SFT, reward model) as the starting model: its base with the adapter
+    folded in, so that the next stage's adapter trains on top of it and the reference is this model."""
+    from peft import PeftModel
+
+    adapter = model_args.model_name_or_path
+    base = adapter_base(adapter)
+    if not Path(adapter, "adapter_model.safetensors").is_file():
+        raise RecipeError(f"{adapter} holds an adapter_config.json but no adapter_model.safetensors: the run that wrote it did not finish.")
+    base_args = copy.copy(model_args)
+    base_args.model_name_or_path = base
+    model = load_model(base_args, task, tokenizer, num_labels, trust_remote_code)
+    logger.info("Starting from the adapter in %s, merged into its base %s.", adapter, base)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    # PEFT leaves its config on the unloaded model; the next stage's adapter would then warn of "multiple adapters".
+    if hasattr(merged, "peft_config"):
+        del merged.peft_config
+    return merged
 
 
 def _load_classifier(cls, name: str, kwargs: dict):
@@ -166,9 +210,28 @@ def _use_tokenizer_special_tokens(model, tokenizer):
             setattr(model.generation_config, name, token_id)
 
 
+# The default output folders of the recipes that later stages start from, and the command that fills each.
+STAGE_OUTPUTS = {
+    "outputs/sft_lora": "accelerate launch recipes/sft_lora.py",
+    "outputs/reward_modeling": "accelerate launch recipes/reward_modeling.py",
+    "outputs/dpo": "accelerate launch recipes/dpo.py",
+    "outputs/rl": "accelerate launch recipes/rl.py",
+}
+
+
 def refuse_missing_folder(name_or_path: str, flag: str) -> None:
-    """A name that can only be a local path (not a Hub name, owner/name) must exist."""
-    if looks_like_local_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+    """A name that can only be a local path (not a Hub name, owner/name) must exist. An earlier stage's
+    default output folder that is missing names the command that writes it."""
+    if Path(name_or_path).expanduser().exists():
+        return
+    # Checked before the owner/name test: "outputs/sft_lora" has the form of a Hub name too.
+    stage = STAGE_OUTPUTS.get(Path(name_or_path).as_posix())
+    if stage:
+        raise RecipeError(
+            f"{flag} {name_or_path}: no such folder. This stage starts from what `{stage}` writes there: "
+            f"run that first (from this folder), or pass {flag} with another model."
+        )
+    if looks_like_local_path(name_or_path):
         raise RecipeError(f"{flag} {name_or_path}: no such folder. Check the path (a Hub name has the form owner/name).")
 
 

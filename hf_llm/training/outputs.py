@@ -75,9 +75,33 @@ def describe_base_model(base_model: str | None) -> str:
         return "none (trained from scratch)"
     if _is_packaged_default(base_model):
         return "stdlib-gpt, the small GPT that ships with hf_llm (`hf_llm.training.DEFAULT_BASE_MODEL`)"
+    if _is_adapter_stage(base_model):
+        return f"the adapter in `{Path(base_model).name}` merged into its own base (bundled in `base/`)"
     if _is_local(base_model):
         return f"a local checkpoint, `{Path(base_model).name}`"
     return base_model
+
+
+def _is_adapter_stage(base_model: str | None) -> bool:
+    """An earlier stage's adapter folder, which the run started from merged into its base."""
+    return _is_local(base_model) and Path(base_model, "adapter_config.json").is_file()
+
+
+def _point_adapter_at(output_dir, base_copy: Path):
+    adapter_config = Path(output_dir) / "adapter_config.json"
+    config = json.loads(adapter_config.read_text())
+    config["base_model_name_or_path"] = str(base_copy.resolve())
+    adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def bundle_merged_start(output_dir, start_model) -> Path:
+    """Save `start_model` (an earlier stage's adapter merged into its base, the model this run's adapter
+    trained on) as `output_dir/base/` and name it in adapter_config.json, as `bundle_packaged_base` does
+    for the packaged base: the base exists nowhere else on disk."""
+    copy = Path(output_dir) / BASE_FOLDER
+    start_model.save_pretrained(copy)
+    _point_adapter_at(output_dir, copy)
+    return copy
 
 
 # Where a run on the packaged base keeps its copy of that base, beside the adapter.
@@ -125,10 +149,7 @@ def bundle_packaged_base(output_dir, base_model: str | None) -> Path | None:
         shutil.copyfile(Path(gpt.__file__).parent / name, copy / name)
     config = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**config, "auto_map": BASE_AUTO_MAP}, indent=2, sort_keys=True) + "\n")
-    adapter_config = Path(output_dir) / "adapter_config.json"
-    config = json.loads(adapter_config.read_text())
-    config["base_model_name_or_path"] = str(copy.resolve())
-    adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _point_adapter_at(output_dir, copy)
     return copy
 
 
@@ -154,7 +175,7 @@ def how_to_load(output_dir, base_model: str | None, *, task: str, is_adapter: bo
     reward = task == "reward"
     auto = "AutoModelForSequenceClassification" if reward else "AutoModelForCausalLM"
     labels = ", num_labels=1" if reward else ""
-    bundled = is_adapter and _is_packaged_default(base_model)
+    bundled = is_adapter and (_is_packaged_default(base_model) or _is_adapter_stage(base_model))
     merged = merged and is_adapter  # only an adapter run has a merged copy
     transformers_names = set() if reward else {"AutoTokenizer"}
     imports, lines = [], []
@@ -178,7 +199,10 @@ def how_to_load(output_dir, base_model: str | None, *, task: str, is_adapter: bo
     else:
         transformers_names.add(auto)
         imports.append("from peft import PeftModel")
-        if bundled:
+        if bundled and _is_adapter_stage(base_model):
+            lines.append("# The base model, the adapter it started from merged in, travels with the adapter in base/.")
+            base = f'f"{{folder}}/{BASE_FOLDER}"'
+        elif bundled:
             lines.append("# The base model, stdlib-gpt (shipped with hf_llm), travels with the adapter in base/.")
             base = f'f"{{folder}}/{BASE_FOLDER}"'
         elif pushed_as is None:

@@ -14,7 +14,8 @@ from .callbacks import perplexity
 from .errors import RecipeError
 from .hub_checks import check_push_possible
 from .output_dir import mark_run, prepare_output_dir
-from .outputs import bundle_packaged_base, how_to_load, known_secrets, push_folder, redact, write_loss_curve, write_model_card
+from .loading import is_adapter_folder
+from .outputs import bundle_merged_start, bundle_packaged_base, how_to_load, known_secrets, push_folder, redact, write_loss_curve, write_model_card
 
 logger = logging.getLogger("hf_llm")
 
@@ -88,8 +89,8 @@ class RecipeRun(TrainerCallback):
         merged = is_adapter and self.run_args.merge_adapter
         if merged:
             _save_merged(trainer.model, trainer.processing_class, output_dir / "merged")
-        if is_adapter:
-            bundle_packaged_base(output_dir, base_model)
+        if is_adapter and bundle_packaged_base(output_dir, base_model) is None and is_adapter_folder(base_model or ""):
+            bundle_merged_start(output_dir, _unwrapped_start(trainer.model))
         if task == "causal_lm" and lm_loss and "eval_loss" in metrics:
             metrics.setdefault("eval_perplexity", perplexity(metrics["eval_loss"]))
         trainer.save_metrics("all", metrics, combined=False)
@@ -154,6 +155,11 @@ def lora_hyperparameters(model_args) -> dict:
 
 def _pick(values: dict, keys) -> dict:
     return redact({k: values[k] for k in keys if k in values})
+
+
+def _unwrapped_start(peft_model):
+    """The model a PEFT adapter was added to, without the adapter: a copy with the LoRA layers taken out."""
+    return copy.deepcopy(peft_model).unload()
 
 
 def _save_merged(model, tokenizer, folder: Path):
