@@ -351,6 +351,8 @@ CONFIG_RECIPES = {
     "generate_gpt2.yaml": "generate",
     "sft_lora_alpaca.yaml": "sft_lora",
     "reward_webgpt.yaml": "reward_modeling",
+    "sft_instruction_data.yaml": "sft_lora",
+    "dpo_instruction_preference.yaml": "dpo",
 }
 
 
@@ -563,3 +565,23 @@ def test_dpo_on_shared_instruction_preferences(tmp_path, shared_data, sft_output
     metrics = outputs(out)["metrics"]
     assert metrics["eval_initial_rewards/margins"] == 0 and "eval_rewards/margins" in metrics
     assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+
+
+def test_book_chapter7_configs_chain_from_sft_to_dpo(tmp_path, shared_data):
+    """sft_instruction_data.yaml, then dpo_instruction_preference.yaml on its output, on the book's own files
+    (a few steps, on the packaged base instead of GPT-2 medium, which would need the Hub)."""
+    from hf_llm.training import DEFAULT_BASE_MODEL
+
+    sft, dpo = tmp_path / "sft", tmp_path / "dpo"
+    short = ["--max_steps", "2", "--max_length", "256", "--max_eval_samples", "8", "--eval_strategy", "no", *FAST]
+    run_recipe("sft_lora", "--config", str(RECIPES / "configs" / "sft_instruction_data.yaml"),
+               "--model_name_or_path", DEFAULT_BASE_MODEL, "--output_dir", str(sft),
+               "--dataset_name", str(shared_data / "raw" / "instruction-data.json"), *short)
+    assert (sft / "model.safetensors").is_file() and not (sft / "adapter_config.json").exists()  # trained in full
+    run_recipe("dpo", "--config", str(RECIPES / "configs" / "dpo_instruction_preference.yaml"),
+               "--model_name_or_path", str(sft), "--output_dir", str(dpo),
+               "--dataset_name", str(shared_data / "raw" / "instruction-data-with-preference.json"), *short)
+    metrics = outputs(dpo)["metrics"]
+    assert metrics["eval_initial_rewards/margins"] == 0 and metrics["eval_rewards/margins"] != 0
+    adapter = json.loads((dpo / "adapter_config.json").read_text())
+    assert adapter["r"] == 16 and sorted(adapter["target_modules"]) == ["c_attn", "c_proj"]
