@@ -10,6 +10,7 @@ from .arguments import (
     ArchitectureArguments,
     CheckpointArguments,
     DataArguments,
+    EvaluateArguments,
     GenerateArguments,
     ModelArguments,
     PretrainArguments,
@@ -24,7 +25,7 @@ from .callbacks import ExactPairMetricsMixin, SampleGenerationCallback, guarded
 from .compare import compare_answers
 from .errors import RecipeError
 from .evaluation import (
-    completion_logprobs, generate_answers, held_out_figures, implicit_rewards, load_metric, pairwise_accuracy,
+    completion_logprobs, evaluate_saved_model, generate_answers, held_out_figures, implicit_rewards, load_metric, pairwise_accuracy,
     preference_accuracy, response_loss, reward_scores, rouge_l, text_perplexity, win_rate,
 )
 from .finetuning import FinetuningInputs, load_finetuning_inputs
@@ -48,6 +49,7 @@ __all__ = [
     "ArchitectureArguments",
     "CheckpointArguments",
     "DataArguments",
+    "EvaluateArguments",
     "ExactPairMetricsMixin",
     "FinetuningInputs",
     "GenerateArguments",
@@ -68,6 +70,7 @@ __all__ = [
     "cpu_only",
     "PAIR_SEQUENCES",
     "enforce_length_limit",
+    "evaluate_saved_model",
     "fit_to_model",
     "finetuning_defaults",
     "generate_answers",

@@ -12,15 +12,27 @@ reports for a saved model: the same code, so the same numbers.
 """
 
 import functools
+import importlib
+import json
+import os
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from datasets import DatasetDict
+
 from .adapters import adapter_disabled
 from .errors import RecipeError
 from .generation import greedy_continuation
-from .recipe_data import sliding_blocks, token_stream
+from .loading import adapter_base, check_vocab_agreement, is_adapter_folder, load_model, resolve_tokenizer
+from .outputs import card_eval_results
+from .recipe_data import (
+    PAIR_SEQUENCES, blocks_dataset, check_block_size, enforce_length_limit, load_preference_data, load_sft_data,
+    load_text_corpus, sliding_blocks, token_stream,
+)
 
 # The batch size of the scoring forwards: small, so a GPT-2-sized vocabulary's logits fit on a laptop.
 BATCH_SIZE = 8
@@ -28,16 +40,30 @@ BATCH_SIZE = 8
 ROUGE_ANSWERS = 8
 
 
+def _evaluate_library():
+    """The `evaluate` library. A recipe run as `python recipes/NAME.py` has recipes/ first on sys.path,
+    where `import evaluate` would find recipes/evaluate.py instead: the library is imported past any
+    folder that holds such a script."""
+    module = sys.modules.get("evaluate")
+    if module is not None and hasattr(module, "load"):
+        return module
+    saved = list(sys.path)
+    sys.path[:] = [entry for entry in sys.path if not Path(entry or os.getcwd(), "evaluate.py").is_file()]
+    sys.modules.pop("evaluate", None)
+    try:
+        return importlib.import_module("evaluate")
+    finally:
+        sys.path[:] = saved
+
+
 @functools.cache
 def load_metric(name: str):
     """hf_llm's `evaluate` metric module `name` (perplexity, response_loss, pairwise_accuracy, win_rate,
     rouge_l), loaded from its folder inside the package: `evaluate.load` on a local path, offline.
     Kept in memory (no cache files, so processes of one launch never share one)."""
-    import evaluate
-
     from ..metrics import metric_path
 
-    return evaluate.load(str(metric_path(name)), keep_in_memory=True)
+    return _evaluate_library().load(str(metric_path(name)), keep_in_memory=True)
 
 
 @contextmanager
@@ -317,4 +343,196 @@ def held_out_figures(figures, model, tokenizer, data, *, max_length: int | None 
                              batch_size=batch_size)
             results.update(eval_win_rate=value["win_rate"], eval_mean_reward=value["mean_reward"],
                            eval_reference_mean_reward=value["reference_mean_reward"])
+    return results
+
+
+# --- a saved model, as recipes/evaluate.py evaluates it -----------------------------------------------
+
+# The figures each training recipe reports at the end (the `recipe` of a run's hf_llm_run.json).
+RECIPE_FIGURES = {
+    "pretrain": ["perplexity"],
+    "sft_lora": ["response_loss", "rouge_l"],
+    "reward_modeling": ["pairwise_accuracy"],
+    "dpo": ["preference_accuracy"],
+}
+
+
+def default_figures(name_or_path: str, with_judge: bool = False) -> list[str]:
+    """The figures that fit a model: those of the recipe that trained it (its run record), else a reward
+    model's pair accuracy, an adapter's response loss or a language model's perplexity; plus win_rate
+    when a judge (`with_judge`) is given to a language model."""
+    from .output_dir import read_run_file
+
+    folder = Path(name_or_path)
+    record = read_run_file(folder) if folder.is_dir() else None
+    figures = list(RECIPE_FIGURES.get((record or {}).get("recipe"), []))
+    if not figures:
+        if _is_reward_model(name_or_path):
+            figures = ["pairwise_accuracy"]
+        else:
+            figures = ["response_loss"] if is_adapter_folder(name_or_path) else ["perplexity"]
+    if with_judge and "pairwise_accuracy" not in figures:
+        figures.append("win_rate")
+    return figures
+
+
+def _is_reward_model(name_or_path: str) -> bool:
+    """A sequence classifier: an adapter trained for SEQ_CLS, or a model whose config names such a class."""
+    folder = Path(name_or_path)
+    if is_adapter_folder(name_or_path):
+        return json.loads((folder / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+    if (folder / "config.json").is_file():
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+        return any(name.endswith("ForSequenceClassification") for name in architectures)
+    return False
+
+
+def load_for_evaluation(model_args, task: str = "causal-lm", trust_remote_code: bool = False, device=None):
+    """(model, tokenizer) for `model_args.model_name_or_path`, in eval mode on `device` (unset: this
+    process's accelerator, else the CPU). `task` is "causal-lm" or "sequence-classification" (a reward model).
+
+    An adapter folder is loaded onto its base (`base/` beside it, else the base its config names) and kept
+    as an adapter, not merged: so it can be switched off (the reference of DPO and of win rates), and its
+    figures are computed exactly as the training run computed them. The tokenizer is the folder's own
+    (else its base's), unless --tokenizer_name_or_path names one.
+    """
+    from accelerate import PartialState
+    from peft import PeftModel
+
+    from .arguments import ModelArguments
+
+    path = model_args.model_name_or_path
+    adapter = is_adapter_folder(path)
+    base = adapter_base(path) if adapter else path
+    tokenizer_source = model_args.tokenizer_name_or_path or (
+        path if not adapter or Path(path, "tokenizer_config.json").is_file() else base
+    )
+    settings = {name: getattr(model_args, name) for name in ("dtype", "attn_implementation", "allow_pickle_checkpoints")}
+    tokenizer = resolve_tokenizer(ModelArguments(model_name_or_path=path, tokenizer_name_or_path=tokenizer_source))
+    model = load_model(ModelArguments(model_name_or_path=base, **settings), task, tokenizer, num_labels=1,
+                       trust_remote_code=trust_remote_code)
+    if adapter:
+        if not Path(path, "adapter_model.safetensors").is_file():
+            raise RecipeError(f"{path} holds an adapter_config.json but no adapter_model.safetensors: the run that wrote it did not finish.")
+        model = PeftModel.from_pretrained(model, path)
+    check_vocab_agreement(model, tokenizer)
+    return model.to(device or PartialState().device).eval(), tokenizer
+
+
+def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max_length: int | None = None,
+                  block_size: int | None = None):
+    """The held-out split a training recipe evaluates on, rebuilt from the same data flags and seed:
+    (data, length limit). `kind` is "text" (pretraining's blocks of `block_size` tokens, unset: the
+    context), "sft" (prompt/completion) or "preference" (prompt/chosen/rejected). Rows longer than the
+    limit meet the recipe's policy, --too_long (unset: truncate instructions, drop pairs, as the recipes do).
+    """
+    limit = _context(model, max_length)
+    if kind == "text":
+        texts = load_text_corpus(data_args, seed=seed)["test"]["text"]
+        size = check_block_size(block_size or model.config.n_positions, model)
+        return blocks_dataset(texts, tokenizer, size, size, "evaluation"), limit
+    if kind == "sft":
+        data = load_sft_data(data_args, seed=seed)
+        sequences, truncatable_after, too_long = [("prompt", "completion")], "prompt", data_args.too_long or "truncate"
+    else:
+        data = load_preference_data(data_args, seed=seed)
+        sequences, truncatable_after, too_long = PAIR_SEQUENCES, None, data_args.too_long or "drop"
+    data, limit = enforce_length_limit(DatasetDict(test=data["test"]), tokenizer, model, max_length, too_long, sequences,
+                                       truncatable_after=truncatable_after)
+    return data["test"], limit
+
+
+def figures_table(results: dict) -> str:
+    """The figures as a table, one per line."""
+    width = max(len(name) for name in results)
+    lines = [f"{'figure'.ljust(width)}  value", f"{'-' * width}  {'-' * 12}"]
+    lines += [f"{name.ljust(width)}  {value:.6g}" if isinstance(value, float) else f"{name.ljust(width)}  {value}"
+              for name, value in results.items()]
+    return "\n".join(lines)
+
+
+def write_evaluation(output_dir, results: dict, *, model_name_or_path: str, dataset: str, task: str,
+                     model_card: bool = False) -> Path:
+    """Write `eval_results.json` (the figures) to `output_dir`, complete or not at all, and with
+    `model_card` also `README.md`: the evaluated model's card (a new one if it has none) whose
+    `model-index` carries the figures, replacing results of the same names. `task` is "causal_lm" or "reward"."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from ..folders import write_folder_atomically
+
+    def write(folder: Path):
+        (folder / "eval_results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        if not model_card:
+            return
+        new = card_eval_results(results, task, dataset)
+        existing = Path(model_name_or_path, "README.md")
+        if existing.is_file():
+            card = ModelCard.load(existing)
+            kept = [r for r in card.data.eval_results or [] if r.metric_type not in {n.metric_type for n in new}]
+            card.data.eval_results = kept + new
+            card.data.model_name = card.data.model_name or Path(model_name_or_path).name
+        else:
+            data = ModelCardData(model_name=Path(model_name_or_path).name, eval_results=new, tags=["hf_llm", "gpt2"])
+            rows = "\n".join(f"| {name} | {value} |" for name, value in sorted(results.items()))
+            card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n# Evaluation of {Path(model_name_or_path).name}\n\n"
+                             f"Held-out data: {dataset}\n\n| figure | value |\n|---|---|\n{rows}\n")
+        card.save(folder / "README.md")
+
+    return write_folder_atomically(output_dir, write, last="eval_results.json")
+
+
+# How a card names the embedded data sets each kind of held-out data comes from when no --dataset_name is given.
+EMBEDDED_DATA = {
+    "text": "hf_llm stdlib-functions (embedded)",
+    "sft": "hf_llm stdlib-instructions (embedded)",
+    "preference": "hf_llm stdlib-preferences (embedded)",
+}
+
+
+def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bool = False) -> dict:
+    """What `recipes/evaluate.py` does: load the model (and the judge and reference, if given), rebuild the
+    held-out split of each figure's data, compute the figures with `held_out_figures`, and, on the main
+    process, print them as a table and write them (`write_evaluation`). Returns the figures.
+
+    Under a multi-process launch every process computes them (no collectives: each holds the whole model),
+    and only the main one prints and writes.
+    """
+    from accelerate import PartialState
+
+    from .arguments import ModelArguments
+
+    path = model_args.model_name_or_path
+    figures = list(eval_args.figures or default_figures(path, with_judge=eval_args.reward_model is not None))
+    unknown = [name for name in figures if name not in FIGURE_DATA]
+    if unknown:
+        raise RecipeError(f"Unknown figure(s) {unknown} in --figures: the figures are {', '.join(FIGURE_DATA)}.")
+    reward = "pairwise_accuracy" in figures
+    if reward and len(set(figures)) > 1:
+        raise RecipeError("pairwise_accuracy scores a reward model, the other figures a language model: evaluate them in separate runs.")
+    model, tokenizer = load_for_evaluation(model_args, "sequence-classification" if reward else "causal-lm", trust_remote_code)
+    others = {}
+    if eval_args.reward_model:
+        others["reward_model"], others["reward_tokenizer"] = load_for_evaluation(
+            ModelArguments(model_name_or_path=eval_args.reward_model), "sequence-classification", trust_remote_code
+        )
+    if eval_args.reference_model:
+        # The reference answers and scores the same prompts with the evaluated model's tokenizer.
+        others["reference_model"], _ = load_for_evaluation(ModelArguments(model_name_or_path=eval_args.reference_model),
+                                                           "causal-lm", trust_remote_code)
+        check_vocab_agreement(others["reference_model"], tokenizer)
+
+    results, kinds = {}, list(dict.fromkeys(FIGURE_DATA[name] for name in figures))
+    for kind in kinds:
+        data, limit = held_out_data(kind, data_args, tokenizer, model, seed=eval_args.seed, max_length=eval_args.max_length,
+                                    block_size=eval_args.block_size)
+        results.update(held_out_figures(
+            [name for name in figures if FIGURE_DATA[name] == kind], model, tokenizer, data, max_length=limit,
+            beta=eval_args.beta, max_new_tokens=eval_args.max_new_tokens, answers=eval_args.answers,
+            batch_size=eval_args.batch_size, **others,
+        ))
+    if PartialState().is_main_process:
+        print(figures_table(results), flush=True)
+        write_evaluation(eval_args.output_dir, results, model_name_or_path=path,
+                         dataset=data_args.dataset_name or EMBEDDED_DATA[kinds[0]], task="reward" if reward else "causal_lm",
+                         model_card=eval_args.model_card)
     return results
