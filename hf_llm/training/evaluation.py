@@ -387,6 +387,16 @@ def _is_reward_model(name_or_path: str) -> bool:
     return False
 
 
+def _process_state():
+    """This process in a launch (accelerate's `PartialState`): its device, and whether it is the main one.
+    Without a GPU the processes of a multi-process launch join over gloo on the CPU, as the recipes' do."""
+    from accelerate import PartialState
+
+    from .arguments import cpu_only
+
+    return PartialState(cpu=cpu_only())
+
+
 def load_for_evaluation(model_args, task: str = "causal-lm", trust_remote_code: bool = False, device=None):
     """(model, tokenizer) for `model_args.model_name_or_path`, in eval mode on `device` (unset: this
     process's accelerator, else the CPU). `task` is "causal-lm" or "sequence-classification" (a reward model).
@@ -396,7 +406,6 @@ def load_for_evaluation(model_args, task: str = "causal-lm", trust_remote_code: 
     figures are computed exactly as the training run computed them. The tokenizer is the folder's own
     (else its base's), unless --tokenizer_name_or_path names one.
     """
-    from accelerate import PartialState
     from peft import PeftModel
 
     from .arguments import ModelArguments
@@ -416,7 +425,7 @@ def load_for_evaluation(model_args, task: str = "causal-lm", trust_remote_code: 
             raise RecipeError(f"{path} holds an adapter_config.json but no adapter_model.safetensors: the run that wrote it did not finish.")
         model = PeftModel.from_pretrained(model, path)
     check_vocab_agreement(model, tokenizer)
-    return model.to(device or PartialState().device).eval(), tokenizer
+    return model.to(device or _process_state().device).eval(), tokenizer
 
 
 def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max_length: int | None = None,
@@ -497,8 +506,6 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
     Under a multi-process launch every process computes them (no collectives: each holds the whole model),
     and only the main one prints and writes.
     """
-    from accelerate import PartialState
-
     from .arguments import ModelArguments
 
     path = model_args.model_name_or_path
@@ -530,7 +537,7 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
             beta=eval_args.beta, max_new_tokens=eval_args.max_new_tokens, answers=eval_args.answers,
             batch_size=eval_args.batch_size, **others,
         ))
-    if PartialState().is_main_process:
+    if _process_state().is_main_process:
         print(figures_table(results), flush=True)
         write_evaluation(eval_args.output_dir, results, model_name_or_path=path,
                          dataset=data_args.dataset_name or EMBEDDED_DATA[kinds[0]], task="reward" if reward else "causal_lm",
