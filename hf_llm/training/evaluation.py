@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from datasets import DatasetDict
 
 from .adapters import adapter_disabled
