@@ -15,8 +15,8 @@ margin, and the chosen and rejected log-probabilities.
 from trl import DPOConfig, DPOTrainer
 
 from hf_llm.training import (
-    DataArguments, ModelArguments, RecipeRun, RunArguments, finetuning_defaults, guarded, load_finetuning_inputs,
-    lora_hyperparameters, recipe_main,
+    DataArguments, ModelArguments, RecipeRun, RunArguments, finetuning_defaults, guarded, held_out_figures,
+    load_finetuning_inputs, lora_hyperparameters, recipe_main,
 )
 
 RECIPE = "dpo"  # the name this recipe's runs are recorded under in their output_dir
@@ -49,6 +49,9 @@ def main(model_args, data_args, run_args, training_args):
     # TRL names its pair metrics eval_* whatever the evaluation's prefix: file the first ones as eval_initial_*.
     before = {k.removeprefix("eval_initial_").removeprefix("eval_"): v for k, v in before.items()}
     metrics.update({f"eval_initial_{name}": before[name] for name in (*PAIR_METRICS, "loss") if name in before})
+    # Pair-exact preference accuracy and margin of the implicit reward, as recipes/evaluate.py reproduces them.
+    metrics.update(held_out_figures(["preference_accuracy"], trainer.model, inputs.tokenizer, inputs.data["test"],
+                                    max_length=training_args.max_length, beta=training_args.beta))
 
     run.finish(
         trainer,

@@ -15,7 +15,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 from hf_llm.training import (
     ArchitectureArguments, DataArguments, ModelArguments, PretrainArguments, RecipeRun, RunArguments,
     SampleGenerationCallback, TrustArguments, blocks_dataset, check_block_size, check_vocab_agreement, guarded,
-    load_model, load_text_corpus, recipe_defaults, recipe_main, resolve_tokenizer,
+    held_out_figures, load_model, load_text_corpus, recipe_defaults, recipe_main, resolve_tokenizer,
 )
 
 RECIPE = "pretrain"  # the name this recipe's runs are recorded under in their output_dir
@@ -73,6 +73,8 @@ def main(model_args, architecture, data_args, pretrain_args, run_args, trust_arg
         callbacks=callbacks,
     )
     metrics = {**run.train(trainer), **trainer.evaluate(), "train_blocks": len(train_dataset), "eval_blocks": len(eval_dataset)}
+    # The held-out perplexity as recipes/evaluate.py computes it for the saved model (token-weighted, exact).
+    metrics.update(held_out_figures(["perplexity"], trainer.model, tokenizer, eval_dataset))
 
     name = model_args.model_name_or_path
     run.finish(

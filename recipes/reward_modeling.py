@@ -12,7 +12,7 @@ from trl import RewardConfig, RewardTrainer
 
 from hf_llm.training import (
     DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, finetuning_defaults, guarded,
-    load_finetuning_inputs, lora_hyperparameters, recipe_main,
+    held_out_figures, load_finetuning_inputs, lora_hyperparameters, recipe_main,
 )
 
 RECIPE = "reward_modeling"  # the name this recipe's runs are recorded under in their output_dir
@@ -41,6 +41,9 @@ def main(model_args, data_args, run_args, training_args):
     before = trainer.evaluate(metric_key_prefix="eval_initial")
     metrics = {**run.train(trainer), **trainer.evaluate()}
     metrics.update({k: v for k, v in before.items() if k in ("eval_initial_loss", "eval_initial_accuracy")})
+    # The pair accuracy recipes/evaluate.py reproduces from the saved adapter (the same metric as eval_accuracy).
+    metrics.update(held_out_figures(["pairwise_accuracy"], trainer.model, inputs.tokenizer, inputs.data["test"],
+                                    max_length=training_args.max_length))
 
     run.finish(
         trainer,

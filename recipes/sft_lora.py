@@ -13,7 +13,7 @@ from trl import SFTConfig, SFTTrainer
 
 from hf_llm.training import (
     DataArguments, ModelArguments, RecipeRun, RunArguments, adapter_disabled, compare_answers, finetuning_defaults,
-    guarded, load_finetuning_inputs, lora_hyperparameters, recipe_main,
+    guarded, held_out_figures, load_finetuning_inputs, lora_hyperparameters, recipe_main,
 )
 
 RECIPE = "sft_lora"  # the name this recipe's runs are recorded under in their output_dir
@@ -46,6 +46,12 @@ def main(model_args, data_args, run_args, training_args):
         if disabled:  # the base model's held-out loss: the before of the tutorial's before/after
             base = trainer.evaluate(metric_key_prefix="eval_base")
             metrics.update({k: v for k, v in base.items() if k.endswith("_loss")})
+    # The held-out figures recipes/evaluate.py reproduces from the saved adapter: response loss with and
+    # without the adapter, ROUGE-L of greedy answers.
+    metrics.update(held_out_figures(
+        ["response_loss", "rouge_l"], trainer.model, inputs.tokenizer, inputs.data["test"],
+        max_length=training_args.max_length, max_new_tokens=run_args.sample_max_new_tokens,
+    ))
     compare_answers(
         trainer.model, inputs.tokenizer, inputs.data["test"]["prompt"][:3], training_args.output_dir, run_args.sample_max_new_tokens,
         write=trainer.is_world_process_zero(),

@@ -10,6 +10,7 @@ from .arguments import (
     ArchitectureArguments,
     CheckpointArguments,
     DataArguments,
+    EvaluateArguments,
     GenerateArguments,
     ModelArguments,
     PretrainArguments,
@@ -23,6 +24,10 @@ from .arguments import (
 from .callbacks import ExactPairMetricsMixin, SampleGenerationCallback, guarded
 from .compare import compare_answers
 from .errors import RecipeError
+from .evaluation import (
+    completion_logprobs, evaluate_saved_model, generate_answers, held_out_figures, implicit_rewards, load_metric, pairwise_accuracy,
+    preference_accuracy, response_loss, reward_scores, rouge_l, text_perplexity, win_rate,
+)
 from .finetuning import FinetuningInputs, load_finetuning_inputs
 from .generation import generate_text, load_for_generation, resolve_prompt
 from .loading import check_vocab_agreement, load_model, resolve_tokenizer
@@ -44,6 +49,7 @@ __all__ = [
     "ArchitectureArguments",
     "CheckpointArguments",
     "DataArguments",
+    "EvaluateArguments",
     "ExactPairMetricsMixin",
     "FinetuningInputs",
     "GenerateArguments",
@@ -60,23 +66,36 @@ __all__ = [
     "check_block_size",
     "check_vocab_agreement",
     "compare_answers",
+    "completion_logprobs",
     "cpu_only",
     "PAIR_SEQUENCES",
     "enforce_length_limit",
+    "evaluate_saved_model",
     "fit_to_model",
     "finetuning_defaults",
+    "generate_answers",
     "generate_text",
     "guarded",
+    "held_out_figures",
+    "implicit_rewards",
     "load_finetuning_inputs",
     "load_for_generation",
+    "load_metric",
     "load_model",
     "load_preference_data",
     "load_sft_data",
     "load_text_corpus",
     "lora_hyperparameters",
+    "pairwise_accuracy",
     "peft_config_for",
+    "preference_accuracy",
     "recipe_defaults",
     "recipe_main",
     "resolve_prompt",
     "resolve_tokenizer",
+    "response_loss",
+    "reward_scores",
+    "rouge_l",
+    "text_perplexity",
+    "win_rate",
 ]

@@ -251,3 +251,42 @@ class TrustArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow a checkpoint's own Python code to run. Never turned on by hf_llm itself."}
     )
+
+
+@dataclass
+class EvaluateArguments:
+    """What `recipes/evaluate.py` computes, with which judge and reference, and where it writes."""
+
+    _argument_group_name = "evaluation"
+
+    figures: list[str] | None = field(
+        default=None,
+        metadata={"help": "Figures to compute: perplexity, response_loss, rouge_l, pairwise_accuracy, preference_accuracy, "
+                  "win_rate; unset: those of the recipe that trained the model (its hf_llm_run.json), else what fits the "
+                  "model (a reward model: pairwise_accuracy; an adapter: response_loss; a language model: perplexity), "
+                  "plus win_rate with --reward_model."},
+    )
+    reward_model: str | None = field(
+        default=None, metadata={"help": "A reward model (folder, adapter folder or Hub name) that judges answers for win_rate."}
+    )
+    reference_model: str | None = field(
+        default=None,
+        metadata={"help": "The reference for win_rate and preference_accuracy; unset: the evaluated adapter switched off."},
+    )
+    beta: float = field(default=0.1, metadata={"help": "DPO's beta, which scales the implicit reward (preference_accuracy)."})
+    block_size: int | None = field(
+        default=None, metadata={"help": "Tokens per held-out text block (perplexity), as pretraining's; unset: the model's context."}
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "Length limit of each sequence, as the training recipe's; unset: the model's context."}
+    )
+    max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate for each answer (rouge_l, win_rate)."})
+    answers: int = field(default=8, metadata={"help": "How many held-out prompts are answered (rouge_l, win_rate)."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per scoring forward."})
+    seed: int = field(default=42, metadata={"help": "The training run's seed: it chose the held-out split."})
+    output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where eval_results.json (and README.md) are written."})
+    model_card: bool = field(
+        default=False,
+        metadata={"help": "Also write README.md to output_dir: the model's card (or a new one) with the figures as its "
+                  "model-index results."},
+    )

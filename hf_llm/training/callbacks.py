@@ -8,6 +8,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .errors import RecipeError
+from .evaluation import load_metric
 from .generation import greedy_continuation
 from .output_dir import last_complete_checkpoint
 
@@ -42,30 +43,30 @@ class ExactPairMetricsMixin:
     """Mix into TRL's RewardTrainer: log accuracy and margin over all pairs since the last log.
 
     TRL logs the mean of its per-batch values, so a short last batch weighs as much as a full one
-    (5 pairs at batch 4 scored 2/4 and 1/1 give 0.75, not 0.6). Here pairs are counted, gathered
-    across processes without the copies that pad the last evaluation batch. TRL also names these
-    metrics `eval_*` whatever the evaluation's `metric_key_prefix`; here they take its prefix
-    (`evaluate(metric_key_prefix="eval_initial")` gives `eval_initial_accuracy`).
+    (5 pairs at batch 4 scored 2/4 and 1/1 give 0.75, not 0.6). Here the pairs' scores are kept,
+    gathered across processes without the copies that pad the last evaluation batch, and go through
+    the `pairwise_accuracy` metric, as `hf_llm.training.evaluation.pairwise_accuracy` does (ties count
+    as wrong). TRL also names these metrics `eval_*` whatever the evaluation's `metric_key_prefix`;
+    here they take its prefix (`evaluate(metric_key_prefix="eval_initial")` gives `eval_initial_accuracy`).
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         with torch.no_grad():
             chosen, rejected = torch.chunk(outputs.logits.detach().float().squeeze(-1), chunks=2)
-            margins = self.accelerator.gather_for_metrics(chosen - rejected).cpu()
+            pairs = self.accelerator.gather_for_metrics(torch.stack([chosen, rejected], dim=-1)).cpu().double()
         mode = "train" if model.training else "eval"
-        totals = self.__dict__.setdefault("_pair_totals", {}).setdefault(mode, [0, 0, 0.0])
-        totals[0] += int((margins > 0).sum())
-        totals[1] += margins.numel()
-        totals[2] += float(margins.sum())
+        self.__dict__.setdefault("_pair_scores", {}).setdefault(mode, []).extend(pairs.tolist())
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, start_time=None):
         mode = "train" if self.model.training else "eval"
-        totals = self.__dict__.get("_pair_totals", {}).pop(mode, None)
-        if totals is not None and totals[1] > 0:
-            self._metrics[mode]["accuracy"] = [totals[0] / totals[1]]
-            self._metrics[mode]["margin"] = [totals[2] / totals[1]]
+        pairs = self.__dict__.get("_pair_scores", {}).pop(mode, None)
+        if pairs:
+            chosen, rejected = zip(*pairs)
+            figures = load_metric("pairwise_accuracy").compute(chosen_scores=chosen, rejected_scores=rejected)
+            self._metrics[mode]["accuracy"] = [figures["accuracy"]]
+            self._metrics[mode]["margin"] = [figures["margin"]]
         prefix = next((key.removesuffix("_loss") for key in logs if key.endswith("_loss")), "eval")
         if mode == "eval" and prefix != "eval":
             logs.update({f"{prefix}_{key}": sum(values) / len(values) for key, values in self._metrics[mode].items() if values})

@@ -234,6 +234,20 @@ def _quoted(text) -> str:
 PIPELINE_TAGS = {"causal_lm": "text-generation", "reward": "text-classification"}
 
 
+def card_eval_results(results: dict, task: str, dataset: str) -> list:
+    """The held-out figures among `results` (`eval_*` numbers, timings left out) as huggingface_hub
+    `EvalResult`s, the model card's `model-index`, for `task` ("causal_lm" or "reward") on `dataset`."""
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(task_type=PIPELINE_TAGS[task], dataset_type=dataset, dataset_name=dataset, metric_type=name,
+                   metric_value=value)
+        for name, value in sorted(results.items())
+        if name.startswith("eval_") and isinstance(value, (int, float))
+        and not any(part in name for part in ("runtime", "per_second", "num_tokens"))  # timings are no results
+    ]
+
+
 def write_model_card(
     output_dir,
     *,
@@ -253,16 +267,10 @@ def write_model_card(
     results as `model-index`, then what the model is, how to load it and how it was made."""
     import torch
     import transformers
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard, ModelCardData
 
     pipeline_tag = PIPELINE_TAGS[task]
-    eval_results = [
-        EvalResult(task_type=pipeline_tag, dataset_type=datasets[0], dataset_name=datasets[0], metric_type=name,
-                   metric_value=value)
-        for name, value in sorted(results.items())
-        if name.startswith("eval_") and isinstance(value, (int, float)) and datasets
-        and not any(part in name for part in ("runtime", "per_second", "num_tokens"))  # timings are no results
-    ]
+    eval_results = card_eval_results(results, task, datasets[0]) if datasets else []
     data = ModelCardData(
         library_name="peft" if is_adapter else "transformers",
         base_model=base_model if base_model and not _is_local(base_model) else None,  # the Hub takes a repo id, not a path
