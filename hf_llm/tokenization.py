@@ -7,7 +7,8 @@ All of them are transformers tokenizers, so they save with `save_pretrained` and
   local folder, without the Hub;
 - [`train_bpe_tokenizer`] trains a GPT-2-style byte-level BPE with the `tokenizers` library;
 - [`build_char_tokenizer`] builds a [`CharTokenizer`] from a corpus;
-- [`load_tokenizer`] picks the right loader for a folder or Hub name.
+- [`load_tokenizer`] picks the right loader for a folder or Hub name;
+- [`add_chat_template`] gives any of them the ChatML chat template (and its model the new rows).
 
 Importing this module registers [`CharTokenizer`] with `AutoTokenizer` (see
 [`register_char_tokenizer`]), so a saved character tokenizer loads without `trust_remote_code`.
@@ -181,6 +182,64 @@ def build_char_tokenizer(texts: str | Iterable[str], **kwargs) -> CharTokenizer:
     return CharTokenizer.from_corpus(texts, **kwargs)
 
 
+CHATML_START = "<|im_start|>"
+CHATML_END = "<|im_end|>"
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' -}}{% endgeneration %}{{- '\\n' -}}"
+    "{%- else -%}"
+    "{{- message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+"""ChatML: each message is `<|im_start|>ROLE\\nCONTENT<|im_end|>\\n`; `add_generation_prompt` opens the
+assistant's turn. The assistant's content and its `<|im_end|>` lie inside `{% generation %}` markers, so
+`return_assistant_tokens_mask` (TRL's `assistant_only_loss`) trains the answers and the stop token only."""
+
+
+def add_chat_template(tokenizer: PreTrainedTokenizerBase, model=None) -> list[int]:
+    """Give `tokenizer` the ChatML chat template ([`CHATML_TEMPLATE`]), and `model` rows for its tokens.
+
+    `<|im_start|>` and `<|im_end|>` are added as special tokens (never split, skipped by
+    `decode(..., skip_special_tokens=True)`), the template is set as `tokenizer.chat_template` (saved
+    with the tokenizer), and `<|im_end|>` becomes the end-of-sequence token, where generation stops;
+    padding stays what it was. With `model`, its token embeddings are resized to the tokenizer (the
+    LM head stays tied) and its configs take the new end-of-sequence token; generation also stops at
+    the old one. The new rows start as the mean of the existing ones: a deterministic start that
+    makes them as likely as an average token, neither favoured nor ruled out.
+
+    Returns the ids of the tokens added (none for a tokenizer that already had them), the rows to train.
+    """
+    import torch
+
+    old_eos = tokenizer.eos_token_id
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # before the eos changes, so padding keeps end-of-text
+    known = set(tokenizer.get_vocab())
+    new = [token for token in (CHATML_START, CHATML_END) if token not in known]
+    tokenizer.add_special_tokens({"extra_special_tokens": [CHATML_START, CHATML_END]}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.eos_token = CHATML_END
+    added = tokenizer.convert_tokens_to_ids(new)
+    if model is not None:
+        embeddings = model.get_input_embeddings()
+        old_rows = embeddings.weight.shape[0]
+        if len(tokenizer) > old_rows:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            with torch.no_grad():
+                weight = model.get_input_embeddings().weight
+                weight[old_rows:] = weight[:old_rows].mean(dim=0)
+        stop = [tokenizer.eos_token_id] + ([old_eos] if old_eos is not None and old_eos != tokenizer.eos_token_id else [])
+        model.config.eos_token_id = tokenizer.eos_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.eos_token_id = stop
+    return added
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local folder or the Hub, picking the right loader.
 
@@ -214,7 +273,9 @@ def load_tokenizer(name_or_path: str | os.PathLike, **kwargs) -> PreTrainedToken
 
 
 __all__ = [
+    "CHATML_TEMPLATE",
     "CharTokenizer",
+    "add_chat_template",
     "build_char_tokenizer",
     "load_gpt2_tokenizer",
     "load_tokenizer",

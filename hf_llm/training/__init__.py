@@ -8,6 +8,7 @@ from .adapters import adapter_disabled, peft_config_for
 from .arguments import (
     DEFAULT_BASE_MODEL,
     ArchitectureArguments,
+    ChatArguments,
     CheckpointArguments,
     DataArguments,
     EvaluateArguments,
@@ -22,6 +23,15 @@ from .arguments import (
     recipe_defaults,
 )
 from .callbacks import ExactPairMetricsMixin, SampleGenerationCallback, guarded
+from .chat import (
+    ChatSession,
+    TrainableTokensHeadMixin,
+    chat_loop,
+    chat_session,
+    default_chat_model,
+    prepare_chat_training,
+    prompt_completion_view,
+)
 from .compare import compare_answers
 from .errors import RecipeError
 from .evaluation import (
@@ -47,6 +57,8 @@ from .run import RecipeRun, lora_hyperparameters
 __all__ = [
     "DEFAULT_BASE_MODEL",
     "ArchitectureArguments",
+    "ChatArguments",
+    "ChatSession",
     "CheckpointArguments",
     "DataArguments",
     "EvaluateArguments",
@@ -59,15 +71,19 @@ __all__ = [
     "RecipeRun",
     "RunArguments",
     "SampleGenerationCallback",
+    "TrainableTokensHeadMixin",
     "TrustArguments",
     "adapter_disabled",
     "bf16_available",
+    "chat_loop",
+    "chat_session",
     "blocks_dataset",
     "check_block_size",
     "check_vocab_agreement",
     "compare_answers",
     "completion_logprobs",
     "cpu_only",
+    "default_chat_model",
     "PAIR_SEQUENCES",
     "enforce_length_limit",
     "evaluate_saved_model",
@@ -89,6 +105,8 @@ __all__ = [
     "pairwise_accuracy",
     "peft_config_for",
     "preference_accuracy",
+    "prepare_chat_training",
+    "prompt_completion_view",
     "recipe_defaults",
     "recipe_main",
     "resolve_prompt",

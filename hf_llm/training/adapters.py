@@ -18,14 +18,20 @@ def check_targets_exist(model, targets):
         )
 
 
-def peft_config_for(model, model_args):
-    """TRL's `get_peft_config(model_args)` (None without `--use_peft`), after checking its targets exist in `model`."""
+def peft_config_for(model, model_args, trainable_tokens: list[int] | None = None):
+    """TRL's `get_peft_config(model_args)` (None without `--use_peft`), after checking its targets exist in `model`.
+
+    `trainable_tokens` (ids of tokens added for this run, e.g. a chat template's) also trains those rows of
+    the token embedding, and so of the tied LM head (PEFT's `trainable_token_indices`)."""
     from trl import get_peft_config
 
     if not model_args.use_peft:
         return None
     check_targets_exist(model, model_args.lora_target_modules or [])
-    return get_peft_config(model_args)
+    config = get_peft_config(model_args)
+    if trainable_tokens:
+        config.trainable_token_indices = list(trainable_tokens)
+    return config
 
 
 @contextmanager

@@ -161,6 +161,12 @@ class DataArguments:
         default="truncate",
         metadata={"help": "Rows longer than the model's context: 'truncate' (SFT: cut to the limit; rows whose prompt alone fills it are dropped) or 'drop' (with a warning), or 'refuse' (an error naming the rows). Reward modelling drops or refuses; it cannot truncate a pair."},
     )
+    as_messages: bool = field(
+        default=False,
+        metadata={"help": "SFT: train instruction rows as conversations (a user and an assistant message, rendered "
+                  "by the chat template, ChatML unless the tokenizer has one) instead of with the prompt template. "
+                  "Rows with a 'messages' column are conversations anyway."},
+    )
 
 
 @dataclass
@@ -237,6 +243,36 @@ class GenerateArguments:
         metadata={"help": "Compile the one-token decoding step with torch.compile (uses the static cache). The "
                   "first call pays the compilation; later tokens run the compiled graph."},
     )
+
+
+@dataclass
+class ChatArguments:
+    """The conversation, and how to decode each answer (transformers' GenerationConfig fields of the same names)."""
+
+    _argument_group_name = "chat"
+
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "A system message that opens the conversation and is never trimmed; unset: none."}
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "For a model without a chat template: the instruction template it was trained with; "
+                  "unset: Alpaca's, as sft_lora.py trains."},
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens in an answer; the history is trimmed to leave room for them."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_k: int | None = field(default=None, metadata={"help": "Sample among the k most likely tokens."})
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling probability mass."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty for repeated tokens."})
+    seed: int = field(default=42, metadata={"help": "Random seed for sampling."})
+    stream: bool = field(
+        default=True,
+        metadata={"help": "At a terminal, print each answer's tokens as they are generated. Piped input always gets "
+                  "one whole answer per line."},
+    )
+    adapter_name_or_path: str | None = field(default=None, metadata={"help": "A LoRA adapter folder to apply on the model."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda or mps; unset: CUDA, else MPS, else the CPU."})
 
 
 @dataclass

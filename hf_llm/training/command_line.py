@@ -218,6 +218,8 @@ def quiet_known_library_noise():
     - TRL and PEFT read the model's `is_gradient_checkpointing` and TRL's DPOTrainer calls
       `gradient_checkpointing_enable`/`_disable`, deprecated in transformers 5.24 for their `activation_` names: a
       FutureWarning from inside their code.
+    - PEFT says at every save that it saves the resized token embeddings with the adapter, which an adapter
+      trained with new tokens (a chat template's) must hold: that is what makes it load back.
     - `datasets` draws a progress bar for each fast in-memory pass TRL makes over the data (EOS,
       tokenizing, labels, truncation, filtering), a wall of bars before the training one.
     Everything else, our own warnings and errors included, still shows, from the main process.
@@ -229,6 +231,7 @@ def quiet_known_library_noise():
     warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`gradient_checkpointing_(en|dis)able` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Setting `save_embedding_layers` to `True` as the embedding layer has been resized")
     datasets.disable_progress_bars()
     if int(os.environ.get("RANK", "0")) != 0:
         # Under a multi-process launch every process runs the recipe; the main one speaks for all, so a

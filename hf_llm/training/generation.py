@@ -48,6 +48,10 @@ def load_for_generation(model_args, gen_args, trust_remote_code: bool = False):
         if Path(adapter, "adapter_model.safetensors").is_file() or not Path(adapter).is_dir():
             from peft import PeftModel
 
+            if len(tokenizer) > model.config.vocab_size:
+                # Tokens added in training (a chat template's): the adapter holds the resized embeddings, which
+                # PEFT loads over these rows, so how they are initialised here does not matter.
+                model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
             model = PeftModel.from_pretrained(model, adapter)
         else:
             raise RecipeError(f"{adapter} holds no adapter_model.safetensors.")

@@ -165,6 +165,9 @@ def _load_merged_adapter(model_args, task, tokenizer, num_labels, trust_remote_c
     base_args = copy.copy(model_args)
     base_args.model_name_or_path = base
     model = load_model(base_args, task, tokenizer, num_labels, trust_remote_code)
+    if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+        # Tokens the adapter's run added (a chat template's): the adapter holds their rows, loaded over these.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     logger.info("Starting from the adapter in %s, merged into its base %s.", adapter, base)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     # PEFT leaves its config on the unloaded model; the next stage's adapter would then warn of "multiple adapters".

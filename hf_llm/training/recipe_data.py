@@ -8,6 +8,7 @@ from datasets import Dataset, DatasetDict
 
 from .. import data as data_layer
 from .. import stdlib_data
+from ..conversations import is_conversational, to_messages
 from .errors import RecipeError
 from .hub_checks import check_hub_name
 from .loading import check_vocab_agreement
@@ -70,13 +71,21 @@ def load_text_corpus(data_args, seed: int = 42) -> DatasetDict:
 
 
 def load_sft_data(data_args, seed: int = 42) -> DatasetDict:
-    """Prompt/completion pairs for supervised fine-tuning, without end-of-text: TRL's SFTTrainer appends its
-    tokenizer's EOS to each completion."""
+    """Rows for supervised fine-tuning: prompt/completion pairs, without end-of-text (TRL's SFTTrainer appends
+    its tokenizer's EOS to each completion); or conversations ("messages") for data that has them, and for
+    instruction rows with `--as_messages`, which the tokenizer's chat template renders."""
     template = data_args.prompt_template
+    if data_args.as_messages and template:
+        raise RecipeError("--as_messages trains instructions as conversations, in the chat template; --prompt_template "
+                          "applies to the prompt/completion format instead. Pass one of them.")
     if data_args.dataset_name is None:
         splits = stdlib_data.stdlib_instructions()
-        return _limit(DatasetDict({k: data_layer.to_prompt_completion(v, template=template) for k, v in splits.items()}), data_args)
-    def to_prompt_completion(raw):
+        convert = to_messages if data_args.as_messages else lambda rows: data_layer.to_prompt_completion(rows, template=template)
+        return _limit(DatasetDict({k: convert(v) for k, v in splits.items()}), data_args)
+    def to_sft_rows(raw):
+        if is_conversational(raw) or data_args.as_messages:
+            logger.info("%s: conversations (messages), each rendered with the tokenizer's chat template.", data_args.dataset_name)
+            return to_messages(raw)
         mapped = data_layer.to_prompt_completion(raw, template=template)  # refuses rows of any other schema
         if data_layer.detect_schema(raw) == "prompt_completion":
             logger.info("%s: prompt/completion rows, trained on as written (the prompt template is not applied).",
@@ -86,7 +95,7 @@ def load_sft_data(data_args, seed: int = 42) -> DatasetDict:
                         "--prompt_template given" if template else "Alpaca prompt template")
         return mapped
 
-    return _load_and_split(data_args, seed, to_prompt_completion)
+    return _load_and_split(data_args, seed, to_sft_rows)
 
 
 def load_preference_data(data_args, seed: int = 42) -> DatasetDict:
@@ -157,13 +166,18 @@ def enforce_length_limit(
         texts = [t if not end or t.endswith(end) else t + end for t in texts]
         return [len(ids) for ids in tokenizer(texts)["input_ids"]]
 
+    def joined(ds, fields):
+        if fields == ("messages",):  # a conversation is as long as its rendering by the chat template
+            return [tokenizer.apply_chat_template(m, tokenize=False) for m in ds["messages"]]
+        return ["".join(parts) for parts in zip(*(ds[f] for f in fields))]
+
     result = {}
     for split, ds in data.items():
         if len(ds) == 0:
             raise RecipeError(f"The {split} split has no rows (is --max_train_samples / --max_eval_samples 0?). Give it some data.")
         longest = [0] * len(ds)
         for fields in sequences:
-            lengths = length(["".join(parts) for parts in zip(*(ds[f] for f in fields))], eos)
+            lengths = length(joined(ds, tuple(fields)), eos)
             longest = [max(a, b) for a, b in zip(longest, lengths)]
         long_rows = [i for i, n in enumerate(longest) if n > limit]
         result[split] = ds
@@ -177,7 +191,7 @@ def enforce_length_limit(
             )
         drop = set(long_rows) if too_long == "drop" else set()
         if too_long == "truncate":
-            heads = length([ds[i][truncatable_after] for i in long_rows])
+            heads = length([_head(ds[i][truncatable_after], tokenizer) for i in long_rows])
             drop = {i for i, n in zip(long_rows, heads) if n >= limit}
             if len(long_rows) > len(drop):
                 logger.warning(
@@ -190,6 +204,15 @@ def enforce_length_limit(
             if len(result[split]) == 0:
                 raise RecipeError(f"Every {split} row is longer than {limit} tokens: raise --max_length or use shorter data.")
     return type(data)(result), limit
+
+
+def _head(field, tokenizer) -> str:
+    """What comes before the first thing to learn from: the field itself (a prompt), or in a conversation the
+    messages before the first assistant message, with the assistant's turn opened."""
+    if isinstance(field, str):
+        return field
+    first = next(i for i, message in enumerate(field) if message["role"] == "assistant")
+    return tokenizer.apply_chat_template(field[:first], tokenize=False, add_generation_prompt=True) if first else ""
 
 
 # --- fixed-length blocks for pretraining: the sliding-window loader of the tutorials ---------------
@@ -240,10 +263,15 @@ PAIR_SEQUENCES = [("prompt", "chosen"), ("prompt", "rejected")]
 def fit_to_model(data, tokenizer, model, training_args, too_long: str, sequences, *, truncatable_after: str | None = None):
     """The checks between data, tokenizer and model before a trainer sees them: every token id has an
     embedding row, and rows longer than the context are handled by `too_long` (`enforce_length_limit`).
-    Sets `training_args.max_length` to the limit the trainer must use; returns the data."""
+    Conversations ("messages") are measured as the chat template renders them, without an end-of-text (TRL
+    appends none to them), and can be truncated after their first assistant turn begins, whatever
+    `sequences` says. Sets `training_args.max_length` to the limit the trainer must use; returns the data."""
     check_vocab_agreement(model, tokenizer)
+    conversational = "messages" in next(iter(data.values())).column_names
+    if conversational:
+        sequences, truncatable_after = [("messages",)], "messages" if truncatable_after else None
     data, training_args.max_length = enforce_length_limit(
-        data, tokenizer, model, training_args.max_length, too_long, sequences, truncatable_after=truncatable_after
+        data, tokenizer, model, training_args.max_length, too_long, sequences, truncatable_after=truncatable_after,
+        eos_appended_by_trainer="" if conversational else None,
     )
     return data
-
