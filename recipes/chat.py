@@ -2,7 +2,7 @@
 
     python recipes/chat.py                                    # the most advanced of outputs/dpo, outputs/rl, outputs/sft_lora
     python recipes/chat.py --model_name_or_path outputs/sft_lora --system_prompt "Answer in Python."
-    printf 'Add two numbers.\nNow three.\n' | python recipes/chat.py --model_name_or_path outputs/sft_lora
+    printf 'Add two numbers.\\nNow three.\\n' | python recipes/chat.py --model_name_or_path outputs/sft_lora
 
 A tokenizer with a chat template (sft_lora.py on conversations adds ChatML) formats the conversation;
 without one, each turn is formatted with the instruction template the model was fine-tuned with

@@ -1,0 +1,332 @@
+"""Chat: the ChatML template on every tokenizer, SFT on conversations, and recipes/chat.py driven through a pipe."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from test_recipes import FAST, run_recipe
+
+CHAT = REPO_ROOT / "recipes" / "chat.py"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+
+
+def chat(*args: str, stdin: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    """`printf STDIN | python recipes/chat.py ARGS`, with this checkout's hf_llm."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, str(CHAT), *args], input=stdin, cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def chat_here(capsys, monkeypatch, *args: str, stdin: str) -> tuple[list[str], str]:
+    """recipes/chat.py run in this process on piped `stdin`: (its answer lines, its standard error)."""
+    import io
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    run_recipe("chat", *args)
+    out, err = capsys.readouterr()
+    return out.splitlines(), err
+
+
+def answers(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n"), result.stdout
+    return result.stdout[:-1].split("\n")
+
+
+# --- the template on the tokenizers ---------------------------------------------------------------
+
+
+def tokenizers(shared_data):
+    from hf_llm.tokenization import build_char_tokenizer, load_gpt2_tokenizer, load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL
+
+    return {
+        "gpt2": load_gpt2_tokenizer(shared_data / "gpt2-tokenizer"),
+        "stdlib-bpe": load_tokenizer(DEFAULT_BASE_MODEL),
+        "char": build_char_tokenizer(["system user assistant: Be brief. Hi! Hello, how are you?\n"]),
+    }
+
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi!"},
+    {"role": "assistant", "content": "Hello, how are you?"},
+]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "stdlib-bpe", "char"])
+def test_every_tokenizer_takes_the_chatml_template_and_keeps_it(name, shared_data, tmp_path):
+    from hf_llm.tokenization import CHATML_TEMPLATE, add_chat_template, load_tokenizer
+
+    tokenizer = tokenizers(shared_data)[name]
+    size, pad = len(tokenizer), tokenizer.pad_token
+    added = add_chat_template(tokenizer)
+    assert added == [size, size + 1] and len(tokenizer) == size + 2
+    assert tokenizer.convert_ids_to_tokens(added) == [IM_START, IM_END]
+    assert tokenizer.eos_token == IM_END and tokenizer.pad_token == pad == "<|endoftext|>"
+    text = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n"
+                    "<|im_start|>assistant\nHello, how are you?<|im_end|>\n")
+    prompt = tokenizer.apply_chat_template(CONVERSATION[:2], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n") and text.startswith(prompt)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids.count(added[0]) == 3 and ids.count(added[1]) == 3  # each marker one token, never split
+    assert IM_START not in tokenizer.decode(ids, skip_special_tokens=True)  # special: skipped when decoding
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.chat_template == CHATML_TEMPLATE and loaded.eos_token == IM_END and loaded.pad_token == pad
+    assert loaded(text, add_special_tokens=False)["input_ids"] == ids
+    assert add_chat_template(loaded) == [] and len(loaded) == size + 2  # a second time adds nothing
+
+
+def test_the_template_marks_the_assistants_answer_and_stop_token_for_the_loss(shared_data):
+    from hf_llm.tokenization import add_chat_template
+
+    tokenizer = tokenizers(shared_data)["gpt2"]
+    add_chat_template(tokenizer)
+    out = tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    trained = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tokenizer.decode(trained) == "Hello, how are you?<|im_end|>"
+
+
+def test_the_model_gets_rows_for_the_new_tokens_with_the_head_tied():
+    from hf_llm import GPTForCausalLM
+    from hf_llm.tokenization import add_chat_template, load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL
+
+    tokenizer, model = load_tokenizer(DEFAULT_BASE_MODEL), GPTForCausalLM.from_pretrained(DEFAULT_BASE_MODEL)
+    before = model.get_input_embeddings().weight.detach().clone()
+    added = add_chat_template(tokenizer, model)
+    weight = model.get_input_embeddings().weight
+    assert model.config.vocab_size == weight.shape[0] == len(tokenizer) == before.shape[0] + 2
+    assert model.get_output_embeddings().weight is weight  # still tied
+    assert torch.equal(weight[: before.shape[0]], before)
+    assert torch.allclose(weight[added], before.mean(dim=0).expand(2, -1))
+    assert model.config.eos_token_id == added[1] and model.generation_config.eos_token_id == [added[1], 0]
+    assert add_chat_template(tokenizer, model) == [] and model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+# --- conversational data --------------------------------------------------------------------------
+
+
+def test_messages_rows_are_checked_and_instructions_become_conversations():
+    from hf_llm.conversations import to_messages
+    from hf_llm.data import DataFormatError
+
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+    assert to_messages(rows).to_dict()["messages"] == [rows[0]["messages"]]
+    alpaca = [{"instruction": "Add.", "input": "1 2", "output": "3"}, {"instruction": "Say hi.", "input": "", "output": "hi"}]
+    assert to_messages(alpaca).to_dict()["messages"] == [
+        [{"role": "user", "content": "Add.\n\n1 2"}, {"role": "assistant", "content": "3"}],
+        [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi"}],
+    ]
+    bad = [
+        ({"messages": [{"role": "robot", "content": "x"}]}, "row 0, field 'messages[0].role'", "use one of system, user, assistant"),
+        ({"messages": [{"role": "user", "content": 3}]}, "row 0, field 'messages[0].content'", "expected text content"),
+        ({"messages": [{"role": "user", "content": "Hi"}]}, "row 0, field 'messages'", "no assistant message"),
+        ({"messages": []}, "row 0, field 'messages'", "non-empty list of messages"),
+    ]
+    for row, where, what in bad:
+        with pytest.raises(DataFormatError) as err:
+            to_messages([row])
+        assert where in str(err.value) and what in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_as_messages_and_a_prompt_template_exclude_each_other():
+    from hf_llm.training import DataArguments, RecipeError, load_sft_data
+
+    with pytest.raises(RecipeError, match="--as_messages .* Pass one of them"):
+        load_sft_data(DataArguments(as_messages=True, prompt_template="Q: {instruction}\nA: "))
+
+
+# --- SFT on conversations, and chat.py on its result --------------------------------------------
+
+
+def conversations(count: int) -> list[dict]:
+    return [{"messages": [
+        {"role": "system", "content": "You add numbers."},
+        {"role": "user", "content": f"What is {i} plus {i + 1}?"},
+        {"role": "assistant", "content": f"{2 * i + 1}"},
+        {"role": "user", "content": "And plus one more?"},
+        {"role": "assistant", "content": f"{2 * i + 2}"},
+    ]} for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def chat_sft(tmp_path_factory) -> Path:
+    """sft_lora.py, two steps on a small messages file: an adapter whose tokenizer has the chat template."""
+    folder = tmp_path_factory.mktemp("chat_sft")
+    data = folder / "conversations.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in conversations(24)) + "\n")
+    out = folder / "sft"
+    run_recipe("sft_lora", "--output_dir", str(out), "--dataset_name", str(data), "--max_steps", "2",
+               "--warmup_steps", "0", "--learning_rate", "3e-3", "--sample_max_new_tokens", "4", *FAST)
+    return out
+
+
+def test_sft_lora_on_messages_saves_the_template_and_trains_the_new_rows(chat_sft):
+    from safetensors.torch import load_file
+
+    from hf_llm.tokenization import CHATML_TEMPLATE, load_tokenizer
+    from hf_llm.training import ChatArguments, CheckpointArguments, chat_session, load_for_generation
+
+    tokenizer = load_tokenizer(chat_sft)
+    assert tokenizer.chat_template == CHATML_TEMPLATE and tokenizer.eos_token == IM_END
+    new_ids = tokenizer.convert_tokens_to_ids([IM_START, IM_END])
+    config = json.loads((chat_sft / "adapter_config.json").read_text())
+    assert config["trainable_token_indices"] == new_ids and config["target_modules"] == ["c_attn"]
+    saved = load_file(chat_sft / "adapter_model.safetensors")
+    # PEFT's "delta" holds the rows' trained values, which replace the base rows (the mean of the others).
+    trained = saved["base_model.model.transformer.wte.token_adapter.trainable_tokens_delta"]
+    start = saved["base_model.model.transformer.wte.token_adapter.base_layer.weight"][new_ids]
+    assert trained.shape == (2, 128) and (trained - start).abs().max() > 1e-3  # the two rows were trained
+    # The held-out answers were asked as the chat template asks, and the run says how to chat with it.
+    prompts = [json.loads(line)["prompt"] for line in (chat_sft / "answers.jsonl").read_text().splitlines()]
+    assert prompts and all(p.startswith("<|im_start|>system\n") and p.endswith("<|im_start|>assistant\n") for p in prompts)
+    # Loaded for generation, the base gets the two rows, and they hold what was trained.
+    model, loaded = load_for_generation(CheckpointArguments(model_name_or_path=str(chat_sft)), ChatArguments())
+    rows = model.get_input_embeddings().weight[new_ids]
+    assert len(loaded) == model.get_input_embeddings().weight.shape[0] == 4098
+    assert torch.equal(rows, trained)
+    assert torch.equal(model.get_output_embeddings().weight[new_ids], rows)  # the head, tied, answers with them
+    # chat.py talks to it in its template.
+    session = chat_session(model, loaded, ChatArguments())
+    assert session.uses_chat_template and session.stop_ids[0] == new_ids[1]
+    assert session.render([("What is 1 plus 2?", "3")], "And plus one more?") == (
+        "<|im_start|>user\nWhat is 1 plus 2?<|im_end|>\n<|im_start|>assistant\n3<|im_end|>\n"
+        "<|im_start|>user\nAnd plus one more?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_chat_on_the_sft_adapter_uses_its_template_and_remembers_the_first_turn(chat_sft):
+    """Two scripted conversations that differ only in their first message: the second answers differ."""
+    second = "And plus one more?"
+    a = answers(chat("--model_name_or_path", str(chat_sft), "--max_new_tokens", "12",
+                     stdin=f"What is 2 plus 3?\n{second}\n"))
+    b = answers(chat("--model_name_or_path", str(chat_sft), "--max_new_tokens", "12",
+                     stdin=f"Tell me about the weather in Paris in spring.\n{second}\n"))
+    assert len(a) == len(b) == 2
+    assert a[1] != b[1]
+
+
+def test_chat_with_a_model_without_template_and_reset(capsys, monkeypatch):
+    """A model without a chat template (here the packaged base) gets each turn in the instruction template;
+    /reset starts afresh."""
+    from hf_llm.training import DEFAULT_BASE_MODEL
+
+    first, second = "Write a class for a binary tree with insert and search methods.", "Now write its docstring."
+    args = ("--model_name_or_path", DEFAULT_BASE_MODEL, "--max_new_tokens", "16")
+    lines, err = chat_here(capsys, monkeypatch, *args, stdin=f"{first}\n{second}\n\n/reset\n{first}\n/exit\n{second}\n")
+    assert len(lines) == 3  # one line per message; blank lines and commands get none; nothing after /exit
+    assert lines[2] == lines[0]  # after /reset the first message is answered as at the start
+    assert "(conversation reset)" in err
+    other, _ = chat_here(capsys, monkeypatch, *args, stdin=f"Parse a URL into its parts.\n{second}\n")
+    assert other[1] != lines[1]  # the second answer depends on the first turn
+
+
+def test_without_a_chat_template_the_turns_are_instructions_and_responses(base_model):
+    from hf_llm.data import format_prompt
+    from hf_llm.training import ChatSession
+
+    model, tokenizer = base_model
+    session = ChatSession(model, tokenizer, system_prompt="You write Python.")
+    session.turns = [("Add 1 and 2.", "3"), ("Name a prime.", "7")]
+    assert session.render(session.turns, "Why?") == (
+        "You write Python.\n\n" + format_prompt("Add 1 and 2.") + "3\n\n" + format_prompt("Name a prime.") + "7\n\n"
+        + format_prompt("Why?")
+    )
+    custom = ChatSession(model, tokenizer, prompt_template="Q: {instruction}\nA: ")
+    assert custom.render([("1+2?", "3")], "2+2?") == "Q: 1+2?\nA: 3\n\nQ: 2+2?\nA: "
+
+
+def test_chat_without_a_model_says_what_to_run_first(tmp_path):
+    result = chat(stdin="hi\n", cwd=tmp_path)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "accelerate launch recipes/sft_lora.py" in result.stderr and "outputs/sft_lora" in result.stderr
+    assert "Loading" not in result.stderr  # nothing was loaded, no base model stands in
+
+
+def test_chat_picks_the_most_advanced_finished_output(tmp_path, chat_sft, capsys, monkeypatch):
+    import shutil
+
+    shutil.copytree(chat_sft, tmp_path / "outputs" / "sft_lora")
+    (tmp_path / "outputs" / "dpo").mkdir()  # an unfinished DPO run: skipped
+    (tmp_path / "outputs" / "dpo" / "hf_llm_run.json").write_text(json.dumps({"recipe": "dpo", "completed": False}))
+    monkeypatch.chdir(tmp_path)
+    lines, err = chat_here(capsys, monkeypatch, "--max_new_tokens", "4", stdin="What is 2 plus 3?\n")
+    assert len(lines) == 1
+    assert "outputs/dpo holds no finished run; skipped" in err and "talking with outputs/sft_lora" in err
+
+
+# --- the history within the context --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    from hf_llm import GPTForCausalLM
+    from hf_llm.tokenization import load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL
+
+    return GPTForCausalLM.from_pretrained(DEFAULT_BASE_MODEL).eval(), load_tokenizer(DEFAULT_BASE_MODEL)
+
+
+@pytest.mark.parametrize("template", [False, True])
+def test_the_prompt_never_exceeds_the_context(base_model, template, monkeypatch):
+    from hf_llm.tokenization import add_chat_template
+    from hf_llm.training import ChatSession
+
+    model, tokenizer = base_model
+    if template:
+        import copy
+
+        model, tokenizer = copy.deepcopy(model), copy.deepcopy(tokenizer)
+        add_chat_template(tokenizer, model)
+    lengths, notices = [], []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda input_ids, **kwargs: lengths.append(input_ids.shape[1]) or generate(input_ids=input_ids, **kwargs))
+    session = ChatSession(model, tokenizer, max_new_tokens=16, system_prompt="You write Python.", notify=notices.append)
+    messages = [f"Message {i}: " + "explain the function os.path.join and its arguments " * 5 for i in range(5)]
+    for message in messages:
+        before = list(session.turns)
+        session.reply(message)
+    assert max(lengths) + 16 <= model.config.n_positions == 256
+    # Only as many turns left as had to: with the last one dropped back in, the prompt would not fit.
+    kept = session.turns[:-1]
+    dropped = before[: len(before) - len(kept)]
+    assert dropped and before[len(dropped):] == kept
+    assert len(session.encode(session.render(dropped[-1:] + kept, messages[-1]))) + 16 > 256
+    assert any("oldest turn" in n for n in notices)
+    assert 1 <= len(session.turns) < len(messages) and session.turns[-1][0] == messages[-1]  # the newest turns stay
+    prompt = session.render(session.turns[:-1], messages[-1])
+    assert prompt.startswith("You write Python.") or prompt.startswith("<|im_start|>system\nYou write Python.")
+    # A message longer than the context keeps its end, with a notice.
+    session.reset()
+    long = " ".join(f"word{i}" for i in range(400)) + " THE END"
+    answer = session.reply(long)
+    assert isinstance(answer, str) and lengths[-1] + 16 <= 256
+    assert session.turns[0][0].endswith("THE END") and len(session.turns[0][0]) < len(long)
+    assert "only its last" in notices[-1]
+
+
+def test_a_max_new_tokens_that_leaves_no_room_is_refused(base_model):
+    from hf_llm.training import ChatSession, RecipeError
+
+    model, tokenizer = base_model
+    with pytest.raises(RecipeError, match="--max_new_tokens 250 leaves no room"):
+        ChatSession(model, tokenizer, max_new_tokens=250)
+
+
+def test_piped_long_conversation_gives_one_line_per_message(capsys, monkeypatch):
+    from hf_llm.training import DEFAULT_BASE_MODEL
+
+    messages = [f"Turn {i}: " + "describe the json module and the way it encodes objects " * 10 for i in range(4)]
+    lines, err = chat_here(capsys, monkeypatch, "--model_name_or_path", DEFAULT_BASE_MODEL, "--max_new_tokens", "8",
+                           stdin="\n".join(messages) + "\n")
+    assert len(lines) == 4
+    assert "left the conversation" in err
