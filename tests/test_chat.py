@@ -167,7 +167,7 @@ def chat_sft(tmp_path_factory) -> Path:
     data.write_text("\n".join(json.dumps(row) for row in conversations(24)) + "\n")
     out = folder / "sft"
     run_recipe("sft_lora", "--output_dir", str(out), "--dataset_name", str(data), "--max_steps", "2",
-               "--warmup_steps", "0", "--learning_rate", "3e-3", "--sample_max_new_tokens", "4", *FAST)
+               "--warmup_steps", "0", "--learning_rate", "3e-3", "--sample_max_new_tokens", "4", "--merge_adapter", "true", *FAST)
     return out
 
 
@@ -202,6 +202,32 @@ def test_sft_lora_on_messages_saves_the_template_and_trains_the_new_rows(chat_sf
     assert session.render([("What is 1 plus 2?", "3")], "And plus one more?") == (
         "<|im_start|>user\nWhat is 1 plus 2?<|im_end|>\n<|im_start|>assistant\n3<|im_end|>\n"
         "<|im_start|>user\nAnd plus one more?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_the_merged_chat_model_exported_to_gpt2_loads_as_transformers_serve_loads_models(chat_sft, tmp_path):
+    """`transformers serve` builds the class its config's `architectures` names and renders messages with
+    the processor's chat template; the GPT-2 export of `merged/` answers there as chat.py does."""
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    from hf_llm import GPTForCausalLM, export_to_gpt2
+    from hf_llm.tokenization import load_tokenizer
+    from hf_llm.training import ChatArguments, CheckpointArguments, chat_session, load_for_generation
+
+    merged = GPTForCausalLM.from_pretrained(chat_sft / "merged").eval()
+    assert merged.config.vocab_size == 4098 and merged.get_output_embeddings().weight is merged.get_input_embeddings().weight
+    export_to_gpt2(merged, tmp_path / "gpt2", tokenizer=load_tokenizer(chat_sft / "merged"))
+    config = AutoConfig.from_pretrained(tmp_path / "gpt2")
+    stock = getattr(transformers, config.architectures[0]).from_pretrained(tmp_path / "gpt2").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "gpt2")
+    question = "What is 2 plus 3?"
+    inputs = processor.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        output = stock.generate(**inputs, max_new_tokens=8, do_sample=False)
+    served = processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    model, tokenizer = load_for_generation(CheckpointArguments(model_name_or_path=str(chat_sft)), ChatArguments())
+    assert served == chat_session(model, tokenizer, ChatArguments(max_new_tokens=8)).reply(question)
 
 
 def test_chat_on_the_sft_adapter_uses_its_template_and_remembers_the_first_turn(chat_sft):
