@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from test_recipes import FAST, run_recipe
+from test_recipes import FAST, assert_adapter_card_loads_the_saved_adapter, run_recipe
 
 CHAT = REPO_ROOT / "recipes" / "chat.py"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -187,7 +187,8 @@ def test_sft_lora_on_messages_saves_the_template_and_trains_the_new_rows(chat_sf
     trained = saved["base_model.model.transformer.wte.token_adapter.trainable_tokens_delta"]
     start = saved["base_model.model.transformer.wte.token_adapter.base_layer.weight"][new_ids]
     assert trained.shape == (2, 128) and (trained - start).abs().max() > 1e-3  # the two rows were trained
-    # The held-out answers were asked as the chat template asks, and the run says how to chat with it.
+    assert_adapter_card_loads_the_saved_adapter(chat_sft)  # the card's code gives its base the two rows first
+    # The held-out answers were asked as the chat template asks.
     prompts = [json.loads(line)["prompt"] for line in (chat_sft / "answers.jsonl").read_text().splitlines()]
     assert prompts and all(p.startswith("<|im_start|>system\n") and p.endswith("<|im_start|>assistant\n") for p in prompts)
     # Loaded for generation, the base gets the two rows, and they hold what was trained.

@@ -179,6 +179,7 @@ def how_to_load(output_dir, base_model: str | None, *, task: str, is_adapter: bo
     merged = merged and is_adapter  # only an adapter run has a merged copy
     transformers_names = set() if reward else {"AutoTokenizer"}
     imports, lines = [], []
+    tokenizer_first = False
     if pushed_as is None:
         lines.append(f"folder = {_quoted(Path(output_dir).resolve())}")
         where = "folder"
@@ -212,8 +213,13 @@ def how_to_load(output_dir, base_model: str | None, *, task: str, is_adapter: bo
             lines.append(f"# The base model was a local checkpoint ({name}): load it from where you keep it.")
             base = _quoted(f"path/to/{name}")
         lines.append(f"base = {auto}.from_pretrained({base}{labels}, trust_remote_code=True)")
+        tokenizer_first = _adds_tokens(output_dir) and not reward
+        if tokenizer_first:
+            # PEFT's Auto classes resize the base to the adapter's tokenizer themselves; PeftModel does not.
+            lines.append(f"tokenizer = AutoTokenizer.from_pretrained({where}, trust_remote_code=True)")
+            lines.append("base.resize_token_embeddings(len(tokenizer))  # the chat template's tokens: the adapter holds their rows")
         lines.append(f"model = PeftModel.from_pretrained(base, {where})")
-    if not reward:
+    if not reward and not tokenizer_first:
         # trust_remote_code: a character-level tokenizer is hf_llm code, carried by the folder.
         lines.append(f"tokenizer = AutoTokenizer.from_pretrained({where}, trust_remote_code=True)")
     if merged:
@@ -224,6 +230,14 @@ def how_to_load(output_dir, base_model: str | None, *, task: str, is_adapter: bo
     if transformers_names:
         imports.append(f"from transformers import {', '.join(sorted(transformers_names))}")
     return "\n".join(sorted(imports)) + "\n\n" + "\n".join(lines)
+
+
+def _adds_tokens(output_dir) -> bool:
+    """Whether the adapter in `output_dir` trains tokens its run added to the vocabulary (a chat template's)."""
+    try:
+        return bool(json.loads((Path(output_dir) / "adapter_config.json").read_text()).get("trainable_token_indices"))
+    except (OSError, ValueError):
+        return False
 
 
 def _quoted(text) -> str:
