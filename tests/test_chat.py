@@ -146,6 +146,35 @@ def test_as_messages_and_a_prompt_template_exclude_each_other():
         load_sft_data(DataArguments(as_messages=True, prompt_template="Q: {instruction}\nA: "))
 
 
+def test_conversations_longer_than_the_context_are_measured_as_rendered():
+    from types import SimpleNamespace
+
+    from datasets import Dataset, DatasetDict
+
+    from hf_llm.tokenization import add_chat_template, load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL, RecipeError, fit_to_model
+
+    tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
+    add_chat_template(tokenizer)
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    long_answer = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 60}]
+    long_question = [{"role": "user", "content": "word " * 60}, {"role": "assistant", "content": "Hello"}]
+    data = DatasetDict({"train": Dataset.from_dict({"messages": [short, long_answer, long_question]}),
+                        "test": Dataset.from_dict({"messages": [short]})})
+    rendered = len(tokenizer(tokenizer.apply_chat_template(short, tokenize=False))["input_ids"])
+    model = SimpleNamespace(config=SimpleNamespace(n_positions=40, vocab_size=len(tokenizer)))
+
+    def fit(too_long):
+        args = SimpleNamespace(max_length=None)
+        return fit_to_model(data, tokenizer, model, args, too_long, [("prompt", "completion")], truncatable_after="prompt"), args
+
+    kept, args = fit("truncate")  # the long answer is cut by the trainer; the long question leaves nothing to learn
+    assert args.max_length == 40 and kept["train"]["messages"] == [short, long_answer]
+    assert fit("drop")[0]["train"]["messages"] == [short] and rendered <= 40
+    with pytest.raises(RecipeError, match=r"2 train rows are longer than 40 tokens.*rows \[1, 2\]"):
+        fit("refuse")
+
+
 # --- SFT on conversations, and chat.py on its result --------------------------------------------
 
 
