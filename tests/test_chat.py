@@ -217,7 +217,9 @@ def test_sft_lora_on_messages_saves_the_template_and_trains_the_new_rows(chat_sf
     start = saved["base_model.model.transformer.wte.token_adapter.base_layer.weight"][new_ids]
     assert trained.shape == (2, 128) and (trained - start).abs().max() > 1e-3  # the two rows were trained
     assert_adapter_card_loads_the_saved_adapter(chat_sft)  # the card's code gives its base the two rows first
-    # The held-out answers were asked as the chat template asks.
+    # The held-out figures and answers: each conversation's last answer, asked as the chat template asks.
+    metrics = json.loads((chat_sft / "all_results.json").read_text())
+    assert metrics["eval_response_loss"] < metrics["eval_base_response_loss"] and "eval_rouge_l" in metrics
     prompts = [json.loads(line)["prompt"] for line in (chat_sft / "answers.jsonl").read_text().splitlines()]
     assert prompts and all(p.startswith("<|im_start|>system\n") and p.endswith("<|im_start|>assistant\n") for p in prompts)
     # Loaded for generation, the base gets the two rows, and they hold what was trained.
