@@ -388,3 +388,15 @@ def test_piped_long_conversation_gives_one_line_per_message(capsys, monkeypatch)
                            stdin="\n".join(messages) + "\n")
     assert len(lines) == 4
     assert "left the conversation" in err
+
+
+def test_evaluate_reproduces_the_figures_of_an_sft_run_on_conversations(chat_sft, tmp_path):
+    """recipes/evaluate.py reads a conversational run's held-out conversations as sft_lora.py does: their last answers."""
+    data = chat_sft.parent / "conversations.jsonl"
+    run_recipe("evaluate", "--model_name_or_path", str(chat_sft), "--output_dir", str(tmp_path / "eval"),
+               "--dataset_name", str(data), "--max_new_tokens", "4")
+    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    recorded = json.loads((chat_sft / "all_results.json").read_text())
+    assert set(evaluated) == {"eval_response_loss", "eval_base_response_loss", "eval_rouge_l"}
+    for name, value in evaluated.items():
+        assert value == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name

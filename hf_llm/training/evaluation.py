@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from datasets import DatasetDict
 
 from .adapters import adapter_disabled
+from .chat import prompt_completion_view
 from .errors import RecipeError
 from .generation import greedy_continuation
-from .loading import adapter_base, check_vocab_agreement, is_adapter_folder, load_model, resolve_tokenizer
+from .loading import adapter_base, attach_adapter, check_vocab_agreement, is_adapter_folder, load_model, resolve_tokenizer
 from .outputs import card_eval_results
 from .recipe_data import (
-    PAIR_SEQUENCES, blocks_dataset, check_block_size, enforce_length_limit, load_preference_data, load_sft_data,
+    PAIR_SEQUENCES, blocks_dataset, check_block_size, enforce_length_limit, measured_as_trained, load_preference_data, load_sft_data,
     load_text_corpus, sliding_blocks, token_stream,
 )
 
@@ -405,8 +406,6 @@ def load_for_evaluation(model_args, task: str = "causal-lm", trust_remote_code: 
     figures are computed exactly as the training run computed them. The tokenizer is the folder's own
     (else its base's), unless --tokenizer_name_or_path names one.
     """
-    from peft import PeftModel
-
     from .arguments import ModelArguments
 
     path = model_args.model_name_or_path
@@ -420,9 +419,7 @@ def load_for_evaluation(model_args, task: str = "causal-lm", trust_remote_code: 
     model = load_model(ModelArguments(model_name_or_path=base, **settings), task, tokenizer, num_labels=1,
                        trust_remote_code=trust_remote_code)
     if adapter:
-        if not Path(path, "adapter_model.safetensors").is_file():
-            raise RecipeError(f"{path} holds an adapter_config.json but no adapter_model.safetensors: the run that wrote it did not finish.")
-        model = PeftModel.from_pretrained(model, path)
+        model = attach_adapter(model, path, tokenizer)
     check_vocab_agreement(model, tokenizer)
     return model.to(device or _process_state().device).eval(), tokenizer
 
@@ -445,9 +442,11 @@ def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max
     else:
         data = load_preference_data(data_args, seed=seed)
         sequences, truncatable_after, too_long = PAIR_SEQUENCES, None, data_args.too_long or "drop"
-    data, limit = enforce_length_limit(DatasetDict(test=data["test"]), tokenizer, model, max_length, too_long, sequences,
-                                       truncatable_after=truncatable_after)
-    return data["test"], limit
+    test = DatasetDict(test=data["test"])
+    data, limit = enforce_length_limit(test, tokenizer, model, max_length, too_long,
+                                       **measured_as_trained(test, sequences, truncatable_after))
+    # Conversations (SFT on messages): their last answers, as sft_lora.py reads them.
+    return prompt_completion_view(data["test"], tokenizer), limit
 
 
 def figures_table(results: dict) -> str:

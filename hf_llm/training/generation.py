@@ -9,7 +9,7 @@ from transformers import CompileConfig, GenerationConfig, TextStreamer
 
 from ..models.gpt import GPTForCausalLM
 from .errors import RecipeError
-from .loading import check_weights_are_safe, from_pretrained_or_refuse, resolve_tokenizer
+from .loading import attach_adapter, check_weights_are_safe, from_pretrained_or_refuse, resolve_tokenizer
 
 
 def _device(name: str | None) -> torch.device:
@@ -45,16 +45,7 @@ def load_for_generation(model_args, gen_args, trust_remote_code: bool = False):
         tokenizer_source = adapter if adapter and Path(adapter, "tokenizer_config.json").is_file() else path
     tokenizer = resolve_tokenizer(type(model_args)(model_name_or_path=path, tokenizer_name_or_path=tokenizer_source))
     if adapter is not None:
-        if Path(adapter, "adapter_model.safetensors").is_file() or not Path(adapter).is_dir():
-            from peft import PeftModel
-
-            if len(tokenizer) > model.config.vocab_size:
-                # Tokens added in training (a chat template's): the adapter holds the resized embeddings, which
-                # PEFT loads over these rows, so how they are initialised here does not matter.
-                model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            model = PeftModel.from_pretrained(model, adapter)
-        else:
-            raise RecipeError(f"{adapter} holds no adapter_model.safetensors.")
+        model = attach_adapter(model, adapter, tokenizer)
     return model.to(_device(gen_args.device)).eval(), tokenizer
 
 

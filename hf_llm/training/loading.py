@@ -153,23 +153,31 @@ def adapter_base(adapter_folder: str) -> str:
     return base
 
 
+def attach_adapter(model, adapter_folder: str, tokenizer=None):
+    """`model` with the PEFT adapter in `adapter_folder` on it (a `PeftModel`); the embeddings first grow to
+    `tokenizer`'s size where the adapter's run added tokens (a chat template's), whose rows the adapter holds."""
+    from peft import PeftModel
+
+    if Path(adapter_folder).is_dir() and not Path(adapter_folder, "adapter_model.safetensors").is_file():
+        raise RecipeError(
+            f"{adapter_folder} holds an adapter_config.json but no adapter_model.safetensors: the run that wrote it did not finish."
+        )
+    if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+        # PEFT loads the adapter's rows over these, so how they are initialised here does not matter.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return PeftModel.from_pretrained(model, adapter_folder)
+
+
 def _load_merged_adapter(model_args, task, tokenizer, num_labels, trust_remote_code):
     """An earlier stage's adapter (SFT, reward model) as the starting model: its base with the adapter
     folded in, so that the next stage's adapter trains on top of it and the reference is this model."""
-    from peft import PeftModel
-
     adapter = model_args.model_name_or_path
     base = adapter_base(adapter)
-    if not Path(adapter, "adapter_model.safetensors").is_file():
-        raise RecipeError(f"{adapter} holds an adapter_config.json but no adapter_model.safetensors: the run that wrote it did not finish.")
     base_args = copy.copy(model_args)
     base_args.model_name_or_path = base
     model = load_model(base_args, task, tokenizer, num_labels, trust_remote_code)
-    if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
-        # Tokens the adapter's run added (a chat template's): the adapter holds their rows, loaded over these.
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     logger.info("Starting from the adapter in %s, merged into its base %s.", adapter, base)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged = attach_adapter(model, adapter, tokenizer).merge_and_unload()
     # PEFT leaves its config on the unloaded model; the next stage's adapter would then warn of "multiple adapters".
     if hasattr(merged, "peft_config"):
         del merged.peft_config

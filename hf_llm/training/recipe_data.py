@@ -267,11 +267,17 @@ def fit_to_model(data, tokenizer, model, training_args, too_long: str, sequences
     appends none to them), and can be truncated after their first assistant turn begins, whatever
     `sequences` says. Sets `training_args.max_length` to the limit the trainer must use; returns the data."""
     check_vocab_agreement(model, tokenizer)
-    conversational = "messages" in next(iter(data.values())).column_names
-    if conversational:
-        sequences, truncatable_after = [("messages",)], "messages" if truncatable_after else None
     data, training_args.max_length = enforce_length_limit(
-        data, tokenizer, model, training_args.max_length, too_long, sequences, truncatable_after=truncatable_after,
-        eos_appended_by_trainer="" if conversational else None,
+        data, tokenizer, model, training_args.max_length, too_long, **measured_as_trained(data, sequences, truncatable_after)
     )
     return data
+
+
+def measured_as_trained(data, sequences, truncatable_after: str | None) -> dict:
+    """`enforce_length_limit`'s keywords for `data` as the trainer will see it: `sequences` and
+    `truncatable_after` as given, or for conversations ("messages") the chat template's rendering, with no
+    end-of-text (TRL appends none to them), truncatable where the others are."""
+    if "messages" not in next(iter(data.values())).column_names:
+        return dict(sequences=sequences, truncatable_after=truncatable_after)
+    return dict(sequences=[("messages",)], truncatable_after="messages" if truncatable_after else None,
+                eos_appended_by_trainer="")
