@@ -555,6 +555,17 @@ def test_dpo_embedded_default(tmp_path, capsys, sft_output):
     assert "held-out: eval_rewards/accuracies" in summary and "(before training: 0.0000)" in summary
     assert_adapter_card_loads_the_saved_adapter(out)
 
+    # The pipeline's table: each stage's headline figures beside their value before it, from the run folders.
+    from hf_llm.training.stages import main as stages_main, stage_table
+
+    table = stage_table([sft_output, out]).splitlines()
+    sft_metrics = outputs(sft_output)["metrics"]
+    assert f"| sft_lora | loss | {sft_metrics['eval_base_loss']:.4f} | {sft_metrics['eval_loss']:.4f} |" in table[2]
+    first_dpo_row = next(line for line in table if line.startswith("| dpo |"))
+    assert " min " in first_dpo_row and table.index(first_dpo_row) > 2
+    assert any(line.startswith("| ") and "| rewards/accuracies | 0.0000 | " in line for line in table)
+    assert stages_main([str(tmp_path / "nothing")]) == 2 and "holds no finished run" in capsys.readouterr().err
+
 
 def test_dpo_on_shared_instruction_preferences(tmp_path, shared_data, sft_output):
     out = tmp_path / "dpo_shared"

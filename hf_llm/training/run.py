@@ -113,7 +113,8 @@ class RecipeRun(TrainerCallback):
             model_name=self.push["repo_id"],
         )
         _scrub_secrets(output_dir)
-        mark_run(output_dir, self.recipe, completed=True)
+        # The figures and their before-values, as the summary shows them: what the stage table of a pipeline reads.
+        mark_run(output_dir, self.recipe, completed=True, headline=headline or {}, seconds=round(time.monotonic() - self.started))
         push_error = self._push(output_dir) if self.push["push"] else None
         print(self.summary(output_dir, metrics, headline or {}, try_it), flush=True)
         if push_error:
