@@ -8,7 +8,8 @@ not models: `hf_llm.training.evaluation` runs the models and feeds them.
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).resolve().parent
-METRIC_NAMES = ("perplexity", "response_loss", "pairwise_accuracy", "win_rate", "rouge_l")
+# `perplexity` also gives the response loss: the same token-weighted mean, over the response tokens only.
+METRIC_NAMES = ("perplexity", "pairwise_accuracy", "win_rate", "rouge_l")
 
 
 def metric_path(name: str) -> Path:

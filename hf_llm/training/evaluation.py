@@ -168,14 +168,18 @@ def completion_logprobs(model, tokenizer, prompts, completions, *, add_eos: bool
 def response_loss(model, tokenizer, prompts, completions, *, add_eos: bool = True, max_length: int | None = None,
                   batch_size: int = BATCH_SIZE) -> dict:
     """Mean loss of a causal LM over the completion tokens of prompt + completion examples, token-weighted:
-    `{"response_loss", "tokens"}` (the `response_loss` metric), the loss supervised fine-tuning reports.
+    `{"response_loss", "tokens"}` (the `perplexity` metric's loss over those tokens), the loss supervised
+    fine-tuning reports.
 
     Each completion gets the tokenizer's end-of-text (unless `add_eos` is false or it ends with it), as the
     SFT trainer appends it; sequences longer than `max_length` (unset: the model's context) keep their start.
     """
     logprobs, tokens = completion_logprobs(model, tokenizer, prompts, completions, add_eos=add_eos,
                                            max_length=max_length, batch_size=batch_size)
-    return load_metric("response_loss").compute(nll=[-value for value in logprobs], tokens=tokens)
+    if sum(tokens) == 0:
+        raise RecipeError("No completion token to score: the response loss needs at least one.")
+    value = load_metric("perplexity").compute(nll=[-value for value in logprobs], tokens=tokens)
+    return {"response_loss": value["loss"], "tokens": value["tokens"]}
 
 
 def reward_scores(reward_model, tokenizer, prompts, answers, *, add_eos: bool = True, max_length: int | None = None,

@@ -1,4 +1,5 @@
-"""Perplexity of text from per-example summed negative log-likelihoods and token counts."""
+"""Perplexity of text (or the response loss of instructions) from per-example summed negative
+log-likelihoods and token counts."""
 
 import math
 
@@ -10,7 +11,8 @@ Token-weighted mean negative log-likelihood of text and its exponential, the per
 
 Each example brings the sum of its tokens' negative log-likelihoods (natural log) and the number of
 tokens predicted. The loss is sum(nll) / sum(tokens), exactly: a short example weighs by its tokens,
-not as much as a long one.
+not as much as a long one. Counting only the response tokens of prompt + response examples (the prompt
+is context, not predicted), `loss` is the response loss supervised fine-tuning minimises.
 """
 
 _KWARGS_DESCRIPTION = """
