@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from test_distributed import RECIPES, assert_succeeded, launch
+from test_distributed import LAUNCH_RECIPE, RECIPES, assert_succeeded, launch
 from test_recipes import FAST, assert_adapter_card_loads_the_saved_adapter, run_recipe
 
 # A few held-out prompts and short answers: enough to see every figure move, in seconds.
@@ -136,13 +136,18 @@ def test_rl_embedded_default(algorithm, tmp_path, capsys, stages):
 
 def test_rl_ddp_two_processes(tmp_path, stages):
     out = tmp_path / "rl_ddp"
-    result = launch([str(RECIPES / "rl.py"), *stage_flags(stages), "--output_dir", str(out), "--max_steps", "2",
-                     *SHORT, *FAST], port=29541)
+    result = launch([str(LAUNCH_RECIPE), "--print-weights-digest", str(RECIPES / "rl.py"), *stage_flags(stages),
+                     "--output_dir", str(out), "--max_steps", "2", *SHORT, *FAST], port=29541)
     assert_succeeded(result)
     metrics = json.loads((out / "all_results.json").read_text())
     assert metrics["eval_initial_kl"] == 0.0 and "eval_reward" in metrics
-    # Written once, by the main process; no line of the run printed twice.
+    # Each rank prints a digest of its trained adapter (tests/launch_recipe.py): the replicas stayed in sync.
+    digests = dict(re.findall(r"rank (\d): weights at train end sha256 ([0-9a-f]{64})", result.stdout + result.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    # Written once, by the main process; no line of the run printed twice. (The main process loads two models,
+    # the policy and the reward model, so its weight-loading bar is drawn twice, by it alone.)
     assert len((out / "answers.jsonl").read_text().splitlines()) == 2
-    lines = [line.strip() for chunk in (result.stdout + result.stderr).splitlines() for line in chunk.split("\r")]
+    lines = [line.strip() for chunk in (result.stdout + result.stderr).splitlines() for line in chunk.split("\r")
+             if not line.startswith("Loading weights:")]
     repeated = {line for line in lines if line and lines.count(line) > 1}
     assert not repeated, sorted(repeated)
