@@ -8,7 +8,7 @@ import pytest
 
 from test_recipes import RECIPES, run_recipe
 
-NAMES = ["chat", "dpo", "generate", "pretrain", "reward_modeling", "sft_lora"]
+NAMES = ["chat", "dpo", "generate", "pretrain", "reward_modeling", "rl", "sft_lora"]
 
 
 def recipe_help(name: str, capsys, monkeypatch) -> str:

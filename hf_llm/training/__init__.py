@@ -52,6 +52,7 @@ from .recipe_data import (
     load_text_corpus,
 )
 from .command_line import recipe_main
+from .rl import RLArguments, load_reward_model, load_rl_inputs, report_metrics, rl_config_class, rl_report, write_side_by_side
 from .run import RecipeRun, lora_hyperparameters
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "PretrainArguments",
     "RecipeError",
     "RecipeRun",
+    "RLArguments",
     "RunArguments",
     "SampleGenerationCallback",
     "TrainableTokensHeadMixin",
@@ -99,6 +101,8 @@ __all__ = [
     "load_metric",
     "load_model",
     "load_preference_data",
+    "load_reward_model",
+    "load_rl_inputs",
     "load_sft_data",
     "load_text_corpus",
     "lora_hyperparameters",
@@ -109,8 +113,12 @@ __all__ = [
     "prompt_completion_view",
     "recipe_defaults",
     "recipe_main",
+    "report_metrics",
     "resolve_prompt",
     "resolve_tokenizer",
+    "rl_config_class",
+    "rl_report",
+    "write_side_by_side",
     "response_loss",
     "reward_scores",
     "rouge_l",

@@ -175,7 +175,15 @@ def _load_merged_adapter(model_args, task, tokenizer, num_labels, trust_remote_c
     base = adapter_base(adapter)
     base_args = copy.copy(model_args)
     base_args.model_name_or_path = base
-    model = load_model(base_args, task, tokenizer, num_labels, trust_remote_code)
+    # A reward model's adapter brings its trained score head: the base's "new score head" notice would mislead.
+    saved = json.loads(Path(adapter, "adapter_config.json").read_text()).get("modules_to_save") or []
+    previous = logger.level
+    if task != "causal-lm" and "score" in saved:
+        logger.setLevel(max(previous, logging.WARNING))
+    try:
+        model = load_model(base_args, task, tokenizer, num_labels, trust_remote_code)
+    finally:
+        logger.setLevel(previous)
     logger.info("Starting from the adapter in %s, merged into its base %s.", adapter, base)
     merged = attach_adapter(model, adapter, tokenizer).merge_and_unload()
     # PEFT leaves its config on the unloaded model; the next stage's adapter would then warn of "multiple adapters".

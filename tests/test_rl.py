@@ -1,0 +1,153 @@
+"""recipes/rl.py: online RL (GRPO, RLOO) of a LoRA adapter over the SFT model against our reward model."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from test_distributed import LAUNCH_RECIPE, RECIPES, assert_succeeded, launch
+from test_recipes import FAST, assert_adapter_card_loads_the_saved_adapter, run_recipe
+
+# A few held-out prompts and short answers: enough to see every figure move, in seconds.
+SHORT = ["--max_eval_samples", "4", "--max_completion_length", "16", "--num_generations", "2",
+         "--per_device_train_batch_size", "4", "--report_examples", "2"]
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """Short runs of the SFT and reward-modelling stages: what outputs/sft_lora and outputs/reward_modeling hold."""
+    root = tmp_path_factory.mktemp("stages")
+    run_recipe("sft_lora", "--output_dir", str(root / "sft_lora"), "--max_steps", "4", "--max_eval_samples", "8",
+               "--sample_max_new_tokens", "4", *FAST)
+    run_recipe("reward_modeling", "--output_dir", str(root / "reward_modeling"), "--max_steps", "4",
+               "--max_eval_samples", "8", "--learning_rate", "3e-3", *FAST)
+    return root
+
+
+def stage_flags(stages) -> list[str]:
+    return ["--model_name_or_path", str(stages / "sft_lora"), "--reward_model_name_or_path", str(stages / "reward_modeling")]
+
+
+def test_algorithm_chooses_the_trainer_config_from_flag_or_yaml(tmp_path):
+    from trl import GRPOConfig, RLOOConfig
+
+    from hf_llm.training import rl_config_class
+
+    config = tmp_path / "rl.yaml"
+    config.write_text("algorithm: rloo\n")
+    assert rl_config_class([]) is GRPOConfig
+    assert rl_config_class(["--algorithm", "rloo"]) is RLOOConfig
+    assert rl_config_class(["--algorithm=rloo"]) is RLOOConfig
+    assert rl_config_class(["--config", str(config)]) is RLOOConfig
+    assert rl_config_class(["--config", str(config), "--algorithm", "grpo"]) is GRPOConfig  # the flag wins
+
+
+def test_without_the_earlier_stages_the_error_names_the_command_to_run_first(tmp_path, monkeypatch, capsys, stages):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        run_recipe("rl", "--max_steps", "2")
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and "outputs/sft_lora: no such folder" in message
+    assert "accelerate launch recipes/sft_lora.py" in message
+    # With the SFT stage done, the reward model is what is missing.
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "sft_lora").symlink_to(stages / "sft_lora")
+    with pytest.raises(SystemExit) as err:
+        run_recipe("rl", "--max_steps", "2")
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and "--reward_model_name_or_path outputs/reward_modeling: no such folder" in message
+    assert "accelerate launch recipes/reward_modeling.py" in message
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["sft_lora"]  # nothing written
+
+
+def test_the_reward_model_loads_with_its_trained_score_head(stages):
+    from peft import PeftModel
+
+    from hf_llm import GPTForSequenceClassification
+    from hf_llm.training import RecipeError, load_reward_model
+
+    folder = stages / "reward_modeling"
+    reward_model, tokenizer = load_reward_model(str(folder))
+    base = GPTForSequenceClassification.from_pretrained(folder / "base", num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    untrained = base.score.weight.detach().clone()
+    with_peft = PeftModel.from_pretrained(base, folder).eval()
+    ids = tokenizer(["def f(x):\n    return x", "Below is an instruction"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(reward_model(**ids).logits, with_peft(**ids).logits)
+    assert not torch.allclose(reward_model.score.weight, untrained)  # the trained head, not a new one
+    assert not reward_model.training and not any(p.requires_grad for p in reward_model.parameters())
+    # The SFT adapter has no score head: its "rewards" would be noise, so it is refused.
+    with pytest.raises(RecipeError, match="CAUSAL_LM adapter, not a reward model"):
+        load_reward_model(str(stages / "sft_lora"))
+
+
+def test_the_kl_penalty_cannot_be_switched_off(tmp_path, capsys, stages):
+    out = tmp_path / "rl"
+    with pytest.raises(SystemExit) as err:
+        run_recipe("rl", *stage_flags(stages), "--output_dir", str(out), "--beta", "0", *SHORT, *FAST)
+    assert err.value.code == 2 and "KL penalty" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_rl_embedded_default(algorithm, tmp_path, capsys, stages):
+    from hf_llm.training import ModelArguments, load_model, load_sft_data, resolve_tokenizer, response_loss
+    from hf_llm.training import DataArguments
+
+    out = tmp_path / algorithm
+    extra = ["--reward_funcs", "python_syntax", "length_penalty", "--reward_weights", "1.0", "0.5", "0.5"] if algorithm == "rloo" else []
+    run_recipe("rl", "--algorithm", algorithm, *stage_flags(stages), "--output_dir", str(out), "--max_steps", "2",
+               "--learning_rate", "1e-2", *SHORT, *extra, *FAST)
+    metrics = json.loads((out / "all_results.json").read_text())
+    # Before training the adapter is zero: the policy is the reference, so the KL is exactly 0.
+    assert metrics["eval_initial_kl"] == 0.0
+    assert metrics["eval_kl"] != 0.0  # two steps moved the policy away from it
+    for name in ("reward", "response_loss", "response_length"):
+        assert isinstance(metrics[f"eval_{name}"], float) and isinstance(metrics[f"eval_initial_{name}"], float)
+    assert 0.0 <= metrics["eval_win_rate"] <= 1.0
+    assert 0 < metrics["eval_initial_response_length"] <= 16 and 0 < metrics["eval_response_length"] <= 16
+    # The check without the reward model, before training, is the SFT model's own held-out response loss.
+    sft = str(stages / "sft_lora")
+    tokenizer = resolve_tokenizer(ModelArguments(model_name_or_path=sft))
+    held_out = load_sft_data(DataArguments(max_eval_samples=4))["test"]
+    expected = response_loss(load_model(ModelArguments(model_name_or_path=sft)), tokenizer, held_out["prompt"], held_out["completion"])
+    assert metrics["eval_initial_response_loss"] == pytest.approx(expected["response_loss"], abs=1e-5)
+    # Training logged the reward and the KL to the reference at each step, the Python rewards too.
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    steps = [entry for entry in history if "kl" in entry]
+    assert len(steps) == 2 and all("reward" in entry for entry in steps)
+    if algorithm == "rloo":
+        assert all("rewards/python_syntax/mean" in entry and "rewards/length_penalty/mean" in entry for entry in steps)
+    assert any("rewards/reward_modeling/mean" in entry for entry in steps)
+    # Answers side by side, before and after, each with its reward and the data's reference answer.
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all({"prompt", "before", "after", "reward_before", "reward_after", "reference"} == set(r) for r in rows)
+    # The summary gives each figure with its value before training.
+    summary = capsys.readouterr().out
+    for name in ("reward", "kl", "response_loss", "response_length"):
+        assert re.search(rf"held-out: eval_{name} -?[\d.]+ \(before training: -?[\d.]+\)", summary), name
+    card = (out / "README.md").read_text()
+    assert "eval_response_loss" in card and algorithm in card
+    assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    assert json.loads((out / "hf_llm_run.json").read_text())["completed"] is True
+    assert_adapter_card_loads_the_saved_adapter(out)
+
+
+def test_rl_ddp_two_processes(tmp_path, stages):
+    out = tmp_path / "rl_ddp"
+    result = launch([str(LAUNCH_RECIPE), "--print-weights-digest", str(RECIPES / "rl.py"), *stage_flags(stages),
+                     "--output_dir", str(out), "--max_steps", "2", *SHORT, *FAST], port=29541)
+    assert_succeeded(result)
+    metrics = json.loads((out / "all_results.json").read_text())
+    assert metrics["eval_initial_kl"] == 0.0 and "eval_reward" in metrics
+    # Each rank prints a digest of its trained adapter (tests/launch_recipe.py): the replicas stayed in sync.
+    digests = dict(re.findall(r"rank (\d): weights at train end sha256 ([0-9a-f]{64})", result.stdout + result.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    # Written once, by the main process; no line of the run printed twice. (The main process loads two models,
+    # the policy and the reward model, so its weight-loading bar is drawn twice, by it alone.)
+    assert len((out / "answers.jsonl").read_text().splitlines()) == 2
+    lines = [line.strip() for chunk in (result.stdout + result.stderr).splitlines() for line in chunk.split("\r")
+             if not line.startswith("Loading weights:")]
+    repeated = {line for line in lines if line and lines.count(line) > 1}
+    assert not repeated, sorted(repeated)
