@@ -35,6 +35,7 @@ DEFAULTS = finetuning_defaults(
     warmup_steps=10,
     lr_scheduler_type="cosine",
     max_eval_samples=128,
+    eval_on_start=True,  # the held-out figures before the first update: the before of before/after
 )
 
 
@@ -44,11 +45,8 @@ def main(model_args, data_args, run_args, training_args):
     # Everything that can fail on bad input runs before the output folder is touched.
     inputs = load_finetuning_inputs(model_args, data_args, training_args, "preference")
     trainer = guarded(DPOTrainer)(args=training_args, **inputs.trainer_inputs())
-    before = trainer.evaluate(metric_key_prefix="eval_initial")
     metrics = {**run.train(trainer), **trainer.evaluate()}
-    # TRL names its pair metrics eval_* whatever the evaluation's prefix: file the first ones as eval_initial_*.
-    before = {k.removeprefix("eval_initial_").removeprefix("eval_"): v for k, v in before.items()}
-    metrics.update({f"eval_initial_{name}": before[name] for name in (*PAIR_METRICS, "loss") if name in before})
+    metrics.update(run.before_training(trainer, (*PAIR_METRICS, "loss")))
     # Pair-exact preference accuracy and margin of the implicit reward, as recipes/evaluate.py reproduces them.
     metrics.update(held_out_figures(["preference_accuracy"], trainer.model, inputs.tokenizer, inputs.data["test"],
                                     max_length=training_args.max_length, beta=training_args.beta))

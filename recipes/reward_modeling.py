@@ -29,6 +29,7 @@ DEFAULTS = finetuning_defaults(
     warmup_steps=10,
     lr_scheduler_type="cosine",
     max_eval_samples=256,
+    eval_on_start=True,  # the held-out figures before the first update: the before of before/after
 )
 
 
@@ -38,9 +39,8 @@ def main(model_args, data_args, run_args, training_args):
     # Everything that can fail on bad input runs before the output folder is touched.
     inputs = load_finetuning_inputs(model_args, data_args, training_args, "preference", task="sequence-classification")
     trainer = guarded(RewardTrainer, ExactPairMetricsMixin)(args=training_args, **inputs.trainer_inputs())
-    before = trainer.evaluate(metric_key_prefix="eval_initial")
     metrics = {**run.train(trainer), **trainer.evaluate()}
-    metrics.update({k: v for k, v in before.items() if k in ("eval_initial_loss", "eval_initial_accuracy")})
+    metrics.update(run.before_training(trainer, ("loss", "accuracy")))
     # The pair accuracy recipes/evaluate.py reproduces from the saved adapter (the same metric as eval_accuracy).
     metrics.update(held_out_figures(["pairwise_accuracy"], trainer.model, inputs.tokenizer, inputs.data["test"],
                                     max_length=training_args.max_length))

@@ -190,6 +190,22 @@ def test_sft_lora_ddp_two_processes(ddp_sft):
     assert not any(name.startswith("rank") for name in files)
 
 
+def test_dpo_ddp_two_processes_from_the_sft_stage(ddp_sft, tmp_path):
+    """dpo.py under `accelerate launch --multi_gpu --num_processes 2`, starting from the DDP SFT run's adapter."""
+    sft_out, sft_result = ddp_sft
+    assert_succeeded(sft_result)
+    out = tmp_path / "dpo"
+    result = launch([str(LAUNCH_RECIPE), "--print-weights-digest", str(RECIPES / "dpo.py"), "--model_name_or_path", str(sft_out),
+                     "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                     "--max_eval_samples", "8", "--save_strategy", "no", *QUIET], port=29531)
+    assert_succeeded(result)
+    digests = dict(re.findall(r"rank (\d): weights at train end sha256 ([0-9a-f]{64})", result.stdout + result.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    metrics = json.loads((out / "all_results.json").read_text())
+    assert metrics["eval_initial_rewards/margins"] == 0 and "eval_preference_accuracy" in metrics
+    assert (out / "adapter_model.safetensors").is_file() and (out / "base" / "config.json").is_file()
+
+
 @pytest.fixture(scope="module")
 def fsdp_sft(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp_sft") / "out"

@@ -46,9 +46,12 @@ class RecipeRun(TrainerCallback):
         self.started = time.monotonic()
         _setup_logging(training_args)
         set_seed(training_args.seed)
-        self.resume_from = prepare_output_dir(
-            training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint, recipe
-        )
+        # The main process decides first (and with --overwrite_output_dir empties the folder); the others then
+        # find what it left, instead of removing the same files at the same time.
+        with training_args.main_process_first(local=False, desc="output folder"):
+            self.resume_from = prepare_output_dir(
+                training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint, recipe
+            )
         self.push = {
             "push": bool(training_args.push_to_hub),
             "repo_id": training_args.hub_model_id or Path(training_args.output_dir).name,
@@ -68,6 +71,19 @@ class RecipeRun(TrainerCallback):
         """Train (resuming where the output folder says to); returns the training metrics."""
         trainer.add_callback(self)
         return trainer.train(resume_from_checkpoint=self.resume_from).metrics
+
+    @staticmethod
+    def before_training(trainer, names) -> dict:
+        """The held-out figures `names` (without their eval_ prefix) of the evaluation at step 0, as
+        eval_initial_<name>: what `--eval_on_start` measured before the first update (kept in the trainer's
+        log history, so a resumed run still has them).
+
+        Evaluated inside `train`, not by a `trainer.evaluate()` before it: that call marks the model as
+        prepared by accelerate, which then leaves it unwrapped by DDP for training, and each process would
+        train on its own batches without their gradients being averaged."""
+        start = next((entry for entry in trainer.state.log_history if entry.get("step") == 0 and
+                      any(key.startswith("eval_") for key in entry)), {})
+        return {f"eval_initial_{name}": start[f"eval_{name}"] for name in names if f"eval_{name}" in start}
 
     def finish(self, trainer, metrics: dict, *, task: str, title: str, summary: str, base_model: str | None,
                dataset: str, tags: list[str], hyperparameters: dict | None = None,
