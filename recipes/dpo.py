@@ -45,11 +45,13 @@ def main(model_args, data_args, run_args, training_args):
     # Everything that can fail on bad input runs before the output folder is touched.
     inputs = load_finetuning_inputs(model_args, data_args, training_args, "preference")
     trainer = guarded(DPOTrainer)(args=training_args, **inputs.trainer_inputs())
-    metrics = {**run.train(trainer), **trainer.evaluate()}
+    # The share of held-out pairs whose implicit reward prefers the chosen answer, pair by pair, before and after
+    # training, as recipes/evaluate.py reproduces it (before: the adapter is zero, so every pair is a tie).
+    preference = lambda: held_out_figures(["preference_accuracy"], trainer.model, inputs.tokenizer, inputs.data["test"],
+                                          max_length=training_args.max_length, beta=training_args.beta)
+    before = {k.replace("eval_", "eval_initial_", 1): v for k, v in preference().items()}
+    metrics = {**run.train(trainer), **trainer.evaluate(), **preference(), **before}
     metrics.update(run.before_training(trainer, (*PAIR_METRICS, "loss")))
-    # Pair-exact preference accuracy and margin of the implicit reward, as recipes/evaluate.py reproduces them.
-    metrics.update(held_out_figures(["preference_accuracy"], trainer.model, inputs.tokenizer, inputs.data["test"],
-                                    max_length=training_args.max_length, beta=training_args.beta))
 
     run.finish(
         trainer,
@@ -63,7 +65,7 @@ def main(model_args, data_args, run_args, training_args):
         dataset=data_args.dataset_name or "hf_llm stdlib-preferences (embedded)",
         tags=["dpo", "trl", "lora", "peft"],
         hyperparameters={**lora_hyperparameters(model_args), "beta": training_args.beta},
-        headline={f"eval_{name}": f"eval_initial_{name}" for name in PAIR_METRICS},
+        headline={f"eval_{name}": f"eval_initial_{name}" for name in ("preference_accuracy", "preference_margin", *PAIR_METRICS)},
         try_it=f"python recipes/generate.py --model_name_or_path {training_args.output_dir} --instruction \"...\"",
     )
 

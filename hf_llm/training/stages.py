@@ -18,7 +18,7 @@ def stage_rows(folder) -> list[tuple[str, str, float | None, float, int | None]]
     folder = Path(folder)
     if (folder / "eval_results.json").is_file() and not (folder / "all_results.json").is_file():
         figures = json.loads((folder / "eval_results.json").read_text())
-        return [(f"evaluate ({folder.name})", name, None, value, None) for name, value in figures.items()]
+        return [(f"evaluate ({folder.name})", name.removeprefix("eval_"), None, value, None) for name, value in figures.items()]
     run = read_run_file(folder)
     if run is None or not run.get("completed") or not (folder / "all_results.json").is_file():
         raise RecipeError(f"{folder} holds no finished run: run its recipe first (or check the path).")
