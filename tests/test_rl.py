@@ -133,6 +133,14 @@ def test_rl_embedded_default(algorithm, tmp_path, capsys, stages):
     assert json.loads((out / "hf_llm_run.json").read_text())["completed"] is True
     assert_adapter_card_loads_the_saved_adapter(out)
 
+    # recipes/evaluate.py on the saved adapter gives the same held-out figures, with the same code.
+    run_recipe("evaluate", "--model_name_or_path", str(out), "--reward_model", str(stages / "reward_modeling"),
+               "--max_eval_samples", "4", "--max_new_tokens", "16", "--output_dir", str(tmp_path / "eval"))
+    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert set(evaluated) == {"eval_reward", "eval_kl", "eval_response_length", "eval_response_loss"}
+    for name, value in evaluated.items():
+        assert value == pytest.approx(metrics[name], rel=1e-6, abs=1e-9), name
+
 
 def test_rl_ddp_two_processes(tmp_path, stages):
     out = tmp_path / "rl_ddp"

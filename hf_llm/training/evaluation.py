@@ -269,6 +269,7 @@ FIGURE_DATA = {
     "pairwise_accuracy": "preference",
     "preference_accuracy": "preference",
     "win_rate": "sft",
+    "rl_report": "prompts",
 }
 
 
@@ -296,7 +297,9 @@ def held_out_figures(figures, model, tokenizer, data, *, max_length: int | None 
       the policy's adapter switched off;
     - win_rate (`prompt`): greedy answers of `model` and of `reference_model` (or the adapter switched off)
       to the first `answers` prompts, judged by `reward_model` (with `reward_tokenizer`): eval_win_rate,
-      eval_mean_reward and eval_reference_mean_reward.
+      eval_mean_reward and eval_reference_mean_reward;
+    - rl_report (`prompt`, `completion`; `model` an RL policy, its adapter switched off as reference): rl.py's
+      held-out figures (`rl_report`): eval_reward, eval_kl, eval_response_length and eval_response_loss.
 
     `data` is a `datasets.Dataset`; sequences longer than `max_length` (unset: the context) keep their start.
     """
@@ -330,6 +333,15 @@ def held_out_figures(figures, model, tokenizer, data, *, max_length: int | None 
             value = preference_accuracy(model, tokenizer, *_columns(data, figure, "prompt", "chosen", "rejected"),
                                         beta=beta, reference=reference_model, **lengths)
             results.update(eval_preference_accuracy=value["accuracy"], eval_preference_margin=value["margin"])
+        elif figure == "rl_report":
+            from .rl import rl_report  # rl.py builds on this module
+
+            if reward_model is None:
+                raise RecipeError("The rl_report figures score answers with a reward model: pass --reward_model.")
+            prompts, references = _columns(data, figure, "prompt", "completion")
+            report, _, _ = rl_report(model, tokenizer, reward_model, reward_tokenizer or tokenizer, prompts, references,
+                                     max_new_tokens)
+            results.update({f"eval_{name}": value for name, value in report.items()})
         else:  # win_rate
             if reward_model is None:
                 raise RecipeError("The win_rate figure needs a reward model to judge the answers: pass --reward_model.")
@@ -358,6 +370,7 @@ RECIPE_FIGURES = {
     "sft_lora": ["response_loss", "rouge_l"],
     "reward_modeling": ["pairwise_accuracy"],
     "dpo": ["preference_accuracy"],
+    "rl": ["rl_report"],
 }
 
 
@@ -375,7 +388,7 @@ def default_figures(name_or_path: str, with_judge: bool = False) -> list[str]:
             figures = ["pairwise_accuracy"]
         else:
             figures = ["response_loss"] if is_adapter_folder(name_or_path) else ["perplexity"]
-    if with_judge and "pairwise_accuracy" not in figures:
+    if with_judge and not {"pairwise_accuracy", "rl_report"} & set(figures):  # rl_report already uses the judge
         figures.append("win_rate")
     return figures
 
@@ -429,13 +442,19 @@ def load_for_evaluation(model_args, task: str = "causal-lm", trust_remote_code: 
 
 
 def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max_length: int | None = None,
-                  block_size: int | None = None):
+                  block_size: int | None = None, answer_tokens: int = 0):
     """The held-out split a training recipe evaluates on, rebuilt from the same data flags and seed:
     (data, length limit). `kind` is "text" (pretraining's blocks of `block_size` tokens, unset: the
-    context), "sft" (prompt/completion) or "preference" (prompt/chosen/rejected). Rows longer than the
-    limit meet the recipe's policy, --too_long (unset: truncate instructions, drop pairs, as the recipes do).
+    context), "sft" (prompt/completion), "preference" (prompt/chosen/rejected) or "prompts" (rl.py's: the
+    instructions whose prompt leaves room for `answer_tokens` new tokens). Rows longer than the limit meet
+    the recipe's policy, --too_long (unset: truncate instructions, drop pairs and RL prompts, as the recipes do).
     """
     limit = _context(model, max_length)
+    if kind == "prompts":
+        data = DatasetDict(test=load_sft_data(data_args, seed=seed)["test"])
+        data, _ = enforce_length_limit(data, tokenizer, model, model.config.n_positions - answer_tokens,
+                                       data_args.too_long or "drop", [("prompt",)], eos_appended_by_trainer="")
+        return data["test"], limit
     if kind == "text":
         texts = load_text_corpus(data_args, seed=seed)["test"]["text"]
         size = check_block_size(block_size or model.config.n_positions, model)
@@ -497,6 +516,7 @@ EMBEDDED_DATA = {
     "text": "hf_llm stdlib-functions (embedded)",
     "sft": "hf_llm stdlib-instructions (embedded)",
     "preference": "hf_llm stdlib-preferences (embedded)",
+    "prompts": "hf_llm stdlib-instructions (embedded), prompts",
 }
 
 
@@ -521,9 +541,11 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
     model, tokenizer = load_for_evaluation(model_args, "sequence-classification" if reward else "causal-lm", trust_remote_code)
     others = {}
     if eval_args.reward_model:
-        others["reward_model"], others["reward_tokenizer"] = load_for_evaluation(
-            ModelArguments(model_name_or_path=eval_args.reward_model), "sequence-classification", trust_remote_code
-        )
+        from .rl import load_reward_model  # rl.py builds on this module
+
+        # Loaded as rl.py loads its reward model (merged, its trained score head checked), so both score alike.
+        others["reward_model"], others["reward_tokenizer"] = load_reward_model(eval_args.reward_model, trust_remote_code,
+                                                                               flag="--reward_model")
     if eval_args.reference_model:
         # The reference answers and scores the same prompts with the evaluated model's tokenizer.
         others["reference_model"], _ = load_for_evaluation(ModelArguments(model_name_or_path=eval_args.reference_model),
@@ -533,7 +555,7 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
     results, kinds = {}, list(dict.fromkeys(FIGURE_DATA[name] for name in figures))
     for kind in kinds:
         data, limit = held_out_data(kind, data_args, tokenizer, model, seed=eval_args.seed, max_length=eval_args.max_length,
-                                    block_size=eval_args.block_size)
+                                    block_size=eval_args.block_size, answer_tokens=eval_args.max_new_tokens)
         results.update(held_out_figures(
             [name for name in figures if FIGURE_DATA[name] == kind], model, tokenizer, data, max_length=limit,
             beta=eval_args.beta, max_new_tokens=eval_args.max_new_tokens, answers=eval_args.answers,

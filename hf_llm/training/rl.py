@@ -101,7 +101,7 @@ def rl_config_class(argv=None):
     return ALGORITHMS.get(algorithm, ALGORITHMS[DEFAULT_ALGORITHM])[0]
 
 
-def load_reward_model(path: str, trust_remote_code: bool = False):
+def load_reward_model(path: str, trust_remote_code: bool = False, flag: str = "--reward_model_name_or_path"):
     """(reward model, its tokenizer): a `GPTForSequenceClassification` with one score, in eval mode and frozen.
 
     The reward_modeling.py output folder is an adapter whose score head was trained in full
@@ -110,32 +110,32 @@ def load_reward_model(path: str, trust_remote_code: bool = False):
     """
     from .arguments import ModelArguments
 
-    refuse_missing_folder(path, "--reward_model_name_or_path")
-    _refuse_untrained_score_head(path)
+    refuse_missing_folder(path, flag)
+    _refuse_untrained_score_head(path, flag)
     args = ModelArguments(model_name_or_path=path)
     tokenizer = resolve_tokenizer(args)
     model = load_model(args, "sequence-classification", tokenizer, num_labels=1, trust_remote_code=trust_remote_code)
     if model.config.num_labels != 1:
-        raise RecipeError(f"--reward_model_name_or_path {path} gives {model.config.num_labels} scores; a reward model gives one.")
+        raise RecipeError(f"{flag} {path} gives {model.config.num_labels} scores; a reward model gives one.")
     # TRL names the reward's logged metrics after this (rewards/<name>/mean); merged, it would be the base's name.
     model.config._name_or_path = path
     return model.eval().requires_grad_(False), tokenizer
 
 
-def _refuse_untrained_score_head(path: str):
+def _refuse_untrained_score_head(path: str, flag: str):
     folder = Path(path)
     if is_adapter_folder(path):
         config = json.loads((folder / "adapter_config.json").read_text())
         if config.get("task_type") != "SEQ_CLS":
             raise RecipeError(
-                f"--reward_model_name_or_path {path} holds a {config.get('task_type')} adapter, not a reward model's "
+                f"{flag} {path} holds a {config.get('task_type')} adapter, not a reward model's "
                 f"(SEQ_CLS, with its score head): pass the reward_modeling.py output (default outputs/reward_modeling)."
             )
     elif (folder / "config.json").is_file():
         architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
         if not any(name.endswith("ForSequenceClassification") for name in architectures):
             raise RecipeError(
-                f"--reward_model_name_or_path {path} is a {', '.join(architectures) or 'model'} without a trained "
+                f"{flag} {path} is a {', '.join(architectures) or 'model'} without a trained "
                 f"score head: pass the reward_modeling.py output (default outputs/reward_modeling)."
             )
 
