@@ -30,7 +30,7 @@ from .generation import greedy_continuation
 from .loading import adapter_base, attach_adapter, check_vocab_agreement, is_adapter_folder, load_model, resolve_tokenizer
 from .outputs import card_eval_results
 from .recipe_data import (
-    PAIR_SEQUENCES, blocks_dataset, check_block_size, enforce_length_limit, measured_as_trained, load_preference_data, load_sft_data,
+    PAIR_SEQUENCES, blocks_dataset, check_block_size, enforce_length_limit, fit_prompts, measured_as_trained, load_preference_data, load_sft_data,
     load_text_corpus, sliding_blocks, token_stream,
 )
 
@@ -452,8 +452,7 @@ def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max
     limit = _context(model, max_length)
     if kind == "prompts":
         data = DatasetDict(test=load_sft_data(data_args, seed=seed)["test"])
-        data, _ = enforce_length_limit(data, tokenizer, model, model.config.n_positions - answer_tokens,
-                                       data_args.too_long or "drop", [("prompt",)], eos_appended_by_trainer="")
+        data = fit_prompts(data, tokenizer, model, model.config.n_positions - answer_tokens, data_args.too_long or "drop")
         return data["test"], limit
     if kind == "text":
         texts = load_text_corpus(data_args, seed=seed)["test"]["text"]

@@ -273,6 +273,12 @@ def fit_to_model(data, tokenizer, model, training_args, too_long: str, sequences
     return data
 
 
+def fit_prompts(data, tokenizer, model, room: int, too_long: str):
+    """RL prompts whose answer is still to come: a prompt must leave `room` tokens' worth of context for it,
+    measured alone (no end-of-text); longer ones are dropped or refused (`too_long`). Returns the data."""
+    return enforce_length_limit(data, tokenizer, model, room, too_long, [("prompt",)], eos_appended_by_trainer="")[0]
+
+
 def measured_as_trained(data, sequences, truncatable_after: str | None) -> dict:
     """`enforce_length_limit`'s keywords for `data` as the trainer will see it: `sequences` and
     `truncatable_after` as given, or for conversations ("messages") the chat template's rendering, with no

@@ -20,7 +20,7 @@ from .adapters import adapter_disabled, peft_config_for
 from .errors import RecipeError
 from .evaluation import completion_logprobs, generate_answers, load_metric, response_loss, reward_scores
 from .loading import check_vocab_agreement, is_adapter_folder, load_model, refuse_missing_folder, resolve_tokenizer
-from .recipe_data import enforce_length_limit, load_sft_data
+from .recipe_data import fit_prompts, load_sft_data
 
 # --algorithm: TRL's config (parsed from the flags) and trainer for each.
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
@@ -192,7 +192,7 @@ def load_rl_inputs(model_args, data_args, rl_args, training_args) -> RLInputs:
             f"of {context} tokens; lower it."
         )
     check_vocab_agreement(model, tokenizer)
-    data, _ = enforce_length_limit(data, tokenizer, model, room, data_args.too_long, [("prompt",)], eos_appended_by_trainer="")
+    data = fit_prompts(data, tokenizer, model, room, data_args.too_long)
     funcs = [reward_model, *(REWARD_FUNCTIONS[name] for name in rl_args.reward_funcs or [])]
     return RLInputs(tokenizer, model, reward_model, reward_tokenizer, funcs, data, peft_config_for(model, model_args), trainer_class)
 
