@@ -3,6 +3,7 @@
     python recipes/chat.py                                    # the most advanced of outputs/dpo, outputs/rl, outputs/sft_lora
     python recipes/chat.py --model_name_or_path outputs/sft_lora --system_prompt "Answer in Python."
     printf 'Add two numbers.\\nNow three.\\n' | python recipes/chat.py --model_name_or_path outputs/sft_lora
+    accelerate launch recipes/chat.py                         # the same; several processes: the main one chats
 
 A tokenizer with a chat template (sft_lora.py on conversations adds ChatML) formats the conversation;
 without one, each turn is formatted with the instruction template the model was fine-tuned with
@@ -13,7 +14,7 @@ message and gets exactly one line: its answer, newlines written as \\n; notices 
 """
 
 from hf_llm.training import (
-    ChatArguments, CheckpointArguments, TrustArguments, chat_loop, chat_session, default_chat_model,
+    ChatArguments, CheckpointArguments, TrustArguments, chat_loop, chat_session, default_chat_model, is_chat_process,
     load_for_generation, recipe_main,
 )
 
@@ -23,6 +24,8 @@ DEFAULTS = {}  # no model named: the most advanced recipe output found (default_
 
 
 def main(model_args, chat_args, trust_args):
+    if not is_chat_process():  # under a multi-process launch the main process holds the conversation
+        return
     if model_args.model_name_or_path is None:
         model_args.model_name_or_path = default_chat_model()
     model, tokenizer = load_for_generation(model_args, chat_args, trust_remote_code=trust_args.trust_remote_code)

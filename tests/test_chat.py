@@ -273,6 +273,24 @@ def test_chat_on_the_sft_adapter_uses_its_template_and_remembers_the_first_turn(
     assert a[1] != b[1]
 
 
+def test_chat_under_a_two_process_launch_answers_once_on_the_main_process(chat_sft, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 recipes/chat.py`: the main process chats (each
+    message answered once, as `python recipes/chat.py` answers it); the other process ends before loading
+    anything (each process that looks for the model says which it found)."""
+    import shutil
+
+    shutil.copytree(chat_sft, tmp_path / "outputs" / "sft_lora")
+    stdin = "What is 2 plus 3?\nAnd plus one more?\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29542", str(CHAT), "--max_new_tokens", "6"],
+        input=stdin, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert answers(launched) == answers(chat("--model_name_or_path", str(chat_sft), "--max_new_tokens", "6", stdin=stdin))
+    assert launched.stderr.count("talking with outputs/sft_lora") == 1
+    assert "the 1 other launched process ends now" in launched.stderr
+
+
 def test_chat_with_a_model_without_template_and_reset(capsys, monkeypatch):
     """A model without a chat template (here the packaged base) gets each turn in the instruction template;
     /reset starts afresh."""

@@ -596,3 +596,32 @@ def test_book_chapter7_configs_chain_from_sft_to_dpo(tmp_path, shared_data):
     assert metrics["eval_initial_rewards/margins"] == 0 and metrics["eval_rewards/margins"] != 0
     adapter = json.loads((dpo / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and sorted(adapter["target_modules"]) == ["c_attn", "c_proj"]
+
+
+def test_pipeline_runs_every_stage_under_accelerate_launch(tmp_path):
+    """`bash recipes/pipeline.sh --max_steps 2 --max_eval_samples 4` from another folder: every stage, each
+    under `accelerate launch` (one process, accelerate's defaults), from the outputs of the one before; one
+    finished run per stage in ./outputs, the scripted chat talks to the most advanced, and the table ends it."""
+    import os
+    import subprocess
+
+    bin_dir = str(Path(sys.executable).parent)  # this interpreter's `accelerate` and `python` come first
+    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(["bash", str(RECIPES / "pipeline.sh"), "--max_steps", "2", "--max_eval_samples", "4"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    commands = [line[4:] for line in result.stderr.splitlines() if line.startswith(">>> ")]
+    stages = ["sft_lora", "reward_modeling", "dpo", "rl", "evaluate", "evaluate", "chat"]
+    assert [Path(c.split()[2]).stem for c in commands] == stages
+    assert all(c.startswith("accelerate launch ") for c in commands)
+    for folder in ["sft_lora", "reward_modeling", "dpo", "rl"]:
+        run = json.loads((tmp_path / "outputs" / folder / "hf_llm_run.json").read_text())
+        assert run["completed"] is True, folder
+    for folder in ["evaluate_dpo", "evaluate_rl"]:
+        assert "eval_win_rate" in json.loads((tmp_path / "outputs" / folder / "eval_results.json").read_text())
+    assert "talking with outputs/dpo" in result.stderr
+    table = result.stdout[result.stdout.index("| stage | held-out figure |"):].splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:] if not row.startswith("|  |")] == [
+        "sft_lora", "reward_modeling", "dpo", "rl", "evaluate (evaluate_dpo)", "evaluate (evaluate_rl)"]

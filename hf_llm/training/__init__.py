@@ -29,6 +29,7 @@ from .chat import (
     chat_loop,
     chat_session,
     default_chat_model,
+    is_chat_process,
     prepare_chat_training,
     prompt_completion_view,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "guarded",
     "held_out_figures",
     "implicit_rewards",
+    "is_chat_process",
     "load_finetuning_inputs",
     "load_for_generation",
     "load_metric",

@@ -192,6 +192,20 @@ class ChatSession:
         return answer
 
 
+def is_chat_process(notify=None) -> bool:
+    """Whether this process holds the conversation: the only one, or the main one of an `accelerate launch`
+    with several. A conversation is one sequence of turns, so it runs on one process; the others return at
+    once (they would otherwise read the same standard input and answer every message several times)."""
+    from .evaluation import process_state
+
+    state = process_state()
+    if state.is_main_process and state.num_processes > 1:
+        others = state.num_processes - 1
+        (notify or _to_stderr)(f"chat.py: the main process holds the conversation; the {others} other launched "
+                               f"process{'es end' if others > 1 else ' ends'} now.")
+    return state.is_main_process
+
+
 def chat_session(model, tokenizer, chat_args) -> ChatSession:
     """A `ChatSession` set up from a `ChatArguments`: greedy unless `do_sample`, seeded with its `seed`."""
     sampling = {"do_sample": chat_args.do_sample, "repetition_penalty": chat_args.repetition_penalty}

@@ -404,7 +404,7 @@ def _is_reward_model(name_or_path: str) -> bool:
     return False
 
 
-def _process_state():
+def process_state():
     """This process in a launch (accelerate's `PartialState`): its device, and whether it is the main one.
     Without a GPU the processes of a multi-process launch join over gloo on the CPU, as the recipes' do."""
     from accelerate import PartialState
@@ -438,7 +438,7 @@ def load_for_evaluation(model_args, task: str = "causal-lm", trust_remote_code: 
     if adapter:
         model = attach_adapter(model, path, tokenizer)
     check_vocab_agreement(model, tokenizer)
-    return model.to(device or _process_state().device).eval(), tokenizer
+    return model.to(device or process_state().device).eval(), tokenizer
 
 
 def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max_length: int | None = None,
@@ -560,7 +560,7 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
             beta=eval_args.beta, max_new_tokens=eval_args.max_new_tokens, answers=eval_args.answers,
             batch_size=eval_args.batch_size, **others,
         ))
-    if _process_state().is_main_process:
+    if process_state().is_main_process:
         print(figures_table(results), flush=True)
         write_evaluation(eval_args.output_dir, results, model_name_or_path=path,
                          dataset=data_args.dataset_name or EMBEDDED_DATA[kinds[0]], task="reward" if reward else "causal_lm",
