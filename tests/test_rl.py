@@ -29,6 +29,16 @@ def stage_flags(stages) -> list[str]:
     return ["--model_name_or_path", str(stages / "sft_lora"), "--reward_model_name_or_path", str(stages / "reward_modeling")]
 
 
+def assert_evaluate_reproduces(out, stages, eval_dir, metrics):
+    """recipes/evaluate.py on the saved RL adapter gives the run's held-out figures (SHORT's 4 prompts, 16 tokens)."""
+    run_recipe("evaluate", "--model_name_or_path", str(out), "--reward_model", str(stages / "reward_modeling"),
+               "--max_eval_samples", "4", "--max_new_tokens", "16", "--output_dir", str(eval_dir))
+    evaluated = json.loads((eval_dir / "eval_results.json").read_text())
+    assert set(evaluated) == {"eval_reward", "eval_kl", "eval_response_length", "eval_response_loss"}
+    for name, value in evaluated.items():
+        assert value == pytest.approx(metrics[name], rel=1e-6, abs=1e-9), name
+
+
 def test_algorithm_chooses_the_trainer_config_from_flag_or_yaml(tmp_path):
     from trl import GRPOConfig, RLOOConfig
 
@@ -134,12 +144,7 @@ def test_rl_embedded_default(algorithm, tmp_path, capsys, stages):
     assert_adapter_card_loads_the_saved_adapter(out)
 
     # recipes/evaluate.py on the saved adapter gives the same held-out figures, with the same code.
-    run_recipe("evaluate", "--model_name_or_path", str(out), "--reward_model", str(stages / "reward_modeling"),
-               "--max_eval_samples", "4", "--max_new_tokens", "16", "--output_dir", str(tmp_path / "eval"))
-    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
-    assert set(evaluated) == {"eval_reward", "eval_kl", "eval_response_length", "eval_response_loss"}
-    for name, value in evaluated.items():
-        assert value == pytest.approx(metrics[name], rel=1e-6, abs=1e-9), name
+    assert_evaluate_reproduces(out, stages, tmp_path / "eval", metrics)
 
 
 def test_rl_from_a_chat_model_prompts_in_its_template(tmp_path, monkeypatch, stages):
@@ -158,12 +163,7 @@ def test_rl_from_a_chat_model_prompts_in_its_template(tmp_path, monkeypatch, sta
     for prompt in list(trainer.train_dataset["prompt"]) + held_out:
         assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_end|>\n<|im_start|>assistant\n"), prompt
     metrics = json.loads((out / "all_results.json").read_text())
-    run_recipe("evaluate", "--model_name_or_path", str(out), "--reward_model", str(stages / "reward_modeling"),
-               "--max_eval_samples", "4", "--max_new_tokens", "16", "--output_dir", str(tmp_path / "eval"))
-    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
-    assert set(evaluated) == {"eval_reward", "eval_kl", "eval_response_length", "eval_response_loss"}
-    for name, value in evaluated.items():
-        assert value == pytest.approx(metrics[name], rel=1e-6, abs=1e-9), name
+    assert_evaluate_reproduces(out, stages, tmp_path / "eval", metrics)
 
 
 def test_rl_ddp_two_processes(tmp_path, stages):
