@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from .data import _columns_and_source, _describe, _error, _strings, _table
 
-__all__ = ["ROLES", "is_conversational", "to_messages"]
+__all__ = ["ROLES", "is_conversational", "to_messages", "user_message"]
 
 ROLES = ("system", "user", "assistant")
 
@@ -41,10 +41,14 @@ def to_messages(ds) -> Dataset:
     if not outputs:
         raise _error(source, "no rows", "give at least one row")
     return Dataset.from_dict({"messages": [
-        [{"role": "user", "content": f"{instruction}\n\n{input_}" if input_ else instruction},
-         {"role": "assistant", "content": output}]
+        [user_message(instruction, input_), {"role": "assistant", "content": output}]
         for instruction, input_, output in zip(instructions, inputs, outputs)
     ]})
+
+
+def user_message(instruction: str, input: str = "") -> dict[str, str]:  # noqa: A002 - Alpaca's name
+    """An instruction row as the user's message: the instruction, then its input (if any) after a blank line."""
+    return {"role": "user", "content": f"{instruction}\n\n{input}" if input else instruction}
 
 
 def _checked(source: str, row: int, messages) -> list[dict[str, str]]:

@@ -6,8 +6,9 @@ is the same base with the adapter switched off, so no second copy is held.
         --dataset_name ../shared/data/raw/instruction-data-with-preference.json
 
 The starting model is the SFT stage's output (its adapter merged into its base), or any causal LM.
-Each pair is a prompt (an instruction formatted with the SFT prompt template, or a prompt as written) with
-a chosen and a rejected answer. Before and after training the held-out pairs are scored: preference
+Each pair is a prompt (an instruction formatted as the starting model was tuned: in its chat template when
+its tokenizer has one, as after SFT on conversations, else with the SFT prompt template; or a prompt as
+written) with a chosen and a rejected answer. Before and after training the held-out pairs are scored: preference
 accuracy (the chosen answer's log-ratio to the reference above the rejected one's), the mean reward
 margin, and the chosen and rejected log-probabilities.
 """

@@ -504,3 +504,64 @@ def test_evaluate_reproduces_the_figures_of_an_sft_run_on_conversations(chat_sft
     assert set(evaluated) == {"eval_response_loss", "eval_base_response_loss", "eval_rouge_l"}
     for name, value in evaluated.items():
         assert value == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name
+
+
+# --- DPO and RL from a chat-tuned model: prompts in its chat template --------------------------------
+
+
+def test_instructions_are_prompted_in_the_chat_template_of_a_model_that_has_one(tmp_path):
+    """dpo.py's pairs and rl.py's prompts: the instruction (and its input) as the user's message in the model's
+    chat template when its tokenizer has one, else the Alpaca template; --prompt_template beside a chat
+    template is refused, as one of them would be ignored."""
+    from hf_llm.tokenization import add_chat_template, load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL, DataArguments, RecipeError, load_preference_data, load_sft_data
+
+    rows = [{"instruction": f"Add {i} and {i + 1}.", "input": "Show the sum." if i % 2 else "", "output": f"{2 * i + 1}",
+             "chosen": f"{2 * i + 1}", "rejected": f"{2 * i}"} for i in range(6)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    args = DataArguments(dataset_name=str(data))
+    tokenizer = load_tokenizer(DEFAULT_BASE_MODEL)
+    assert tokenizer.chat_template is None
+    assert all(p.startswith("Below is an instruction") for p in load_preference_data(args, tokenizer=tokenizer)["train"]["prompt"])
+
+    add_chat_template(tokenizer)
+    expected = {f"{IM_START}user\nAdd {i} and {i + 1}.{chr(10) * 2 + 'Show the sum.' if i % 2 else ''}{IM_END}\n{IM_START}assistant\n"
+                for i in range(6)}
+    for loaded in (load_preference_data(args, tokenizer=tokenizer), load_sft_data(args, tokenizer=tokenizer)):
+        assert set(loaded["train"]["prompt"]) | set(loaded["test"]["prompt"]) == expected
+    with pytest.raises(RecipeError, match="--prompt_template .* chat template.* Drop --prompt_template"):
+        load_preference_data(DataArguments(dataset_name=str(data), prompt_template="Q: {instruction}\nA: "), tokenizer=tokenizer)
+
+
+def test_dpo_from_a_chat_model_trains_on_its_template_and_evaluate_reproduces_it(chat_sft, tmp_path, monkeypatch):
+    """dpo.py from the conversational SFT adapter: the trainer's pairs are the instructions asked in the chat
+    template (the model's own tokens), each answer ending with its end-of-turn; recipes/evaluate.py rebuilds
+    the same pairs from the saved adapter and gives the run's figures."""
+    from trl import DPOTrainer
+
+    from test_recipes import record_trainers
+
+    trainers = record_trainers(monkeypatch, DPOTrainer)
+    out = tmp_path / "dpo"
+    run_recipe("dpo", "--model_name_or_path", str(chat_sft), "--output_dir", str(out), "--max_steps", "2",
+               "--max_train_samples", "16", "--max_eval_samples", "8", "--per_device_train_batch_size", "4",
+               "--learning_rate", "5e-3", "--warmup_steps", "0", *FAST)
+    (trainer,) = trainers
+    tokenizer = trainer.processing_class
+    im_start, im_end = tokenizer.convert_tokens_to_ids([IM_START, IM_END])
+    for split in (trainer.train_dataset, trainer.eval_dataset):
+        for row in split:
+            prompt = tokenizer.decode(row["prompt_ids"])
+            assert row["prompt_ids"][0] == im_start and row["prompt_ids"].count(im_start) == 2, prompt
+            assert prompt.startswith(f"{IM_START}user\n") and prompt.endswith(f"{IM_END}\n{IM_START}assistant\n"), prompt
+            assert "Below is an instruction" not in prompt
+            assert row["chosen_ids"][-1] == row["rejected_ids"][-1] == im_end  # the end-of-turn SFT taught
+
+    recorded = json.loads((out / "all_results.json").read_text())
+    assert recorded["eval_preference_margin"] != 0
+    run_recipe("evaluate", "--model_name_or_path", str(out), "--output_dir", str(tmp_path / "eval"), "--max_eval_samples", "8")
+    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert set(evaluated) == {"eval_preference_accuracy", "eval_preference_margin"}
+    for name, value in evaluated.items():
+        assert value == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name

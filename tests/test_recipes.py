@@ -26,6 +26,18 @@ def run_recipe(name: str, *args: str):
         sys.argv = argv
 
 
+def record_trainers(monkeypatch, trainer_class) -> list:
+    """Every `trainer_class` (or subclass) built from now on, once built: what a recipe run here trains on."""
+    built, init = [], trainer_class.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(trainer_class, "__init__", recording)
+    return built
+
+
 def outputs(folder: Path) -> dict:
     metrics = json.loads((folder / "all_results.json").read_text())
     history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
@@ -537,13 +549,21 @@ def test_dpo_starts_from_the_sft_adapter_merged_into_its_base(sft_output):
     assert type(started) is GPTForCausalLM
 
 
-def test_dpo_embedded_default(tmp_path, capsys, sft_output):
+def test_dpo_embedded_default(tmp_path, capsys, monkeypatch, sft_output):
     import math
 
+    from trl import DPOTrainer
+
+    trainers = record_trainers(monkeypatch, DPOTrainer)
     out = tmp_path / "dpo"
     run_recipe("dpo", "--model_name_or_path", str(sft_output), "--output_dir", str(out), "--max_steps", "6",
                "--max_eval_samples", "16", *FAST)
     assert_standard_outputs(out, adapter=True)
+    # The SFT stage trained on instructions in the Alpaca template (its tokenizer has no chat template): so are the pairs.
+    (trainer,) = trainers
+    prompt = trainer.processing_class.decode(trainer.train_dataset[0]["prompt_ids"])
+    assert trainer.processing_class.chat_template is None
+    assert prompt.startswith("Below is an instruction") and prompt.endswith("### Response:\n") and "<|im_start|>" not in prompt
     metrics = outputs(out)["metrics"]
     # The reference is the base with the adapter switched off: before training the policy (LoRA B = 0) is
     # that same model, so every reward is exactly 0 and the DPO loss is log 2.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from test_distributed import LAUNCH_RECIPE, RECIPES, assert_succeeded, launch
-from test_recipes import FAST, assert_adapter_card_loads_the_saved_adapter, run_recipe
+from test_recipes import FAST, assert_adapter_card_loads_the_saved_adapter, record_trainers, run_recipe
 
 # A few held-out prompts and short answers: enough to see every figure move, in seconds.
 SHORT = ["--max_eval_samples", "4", "--max_completion_length", "16", "--num_generations", "2",
@@ -27,6 +27,16 @@ def stages(tmp_path_factory):
 
 def stage_flags(stages) -> list[str]:
     return ["--model_name_or_path", str(stages / "sft_lora"), "--reward_model_name_or_path", str(stages / "reward_modeling")]
+
+
+def assert_evaluate_reproduces(out, stages, eval_dir, metrics):
+    """recipes/evaluate.py on the saved RL adapter gives the run's held-out figures (SHORT's 4 prompts, 16 tokens)."""
+    run_recipe("evaluate", "--model_name_or_path", str(out), "--reward_model", str(stages / "reward_modeling"),
+               "--max_eval_samples", "4", "--max_new_tokens", "16", "--output_dir", str(eval_dir))
+    evaluated = json.loads((eval_dir / "eval_results.json").read_text())
+    assert set(evaluated) == {"eval_reward", "eval_kl", "eval_response_length", "eval_response_loss"}
+    for name, value in evaluated.items():
+        assert value == pytest.approx(metrics[name], rel=1e-6, abs=1e-9), name
 
 
 def test_algorithm_chooses_the_trainer_config_from_flag_or_yaml(tmp_path):
@@ -134,12 +144,26 @@ def test_rl_embedded_default(algorithm, tmp_path, capsys, stages):
     assert_adapter_card_loads_the_saved_adapter(out)
 
     # recipes/evaluate.py on the saved adapter gives the same held-out figures, with the same code.
-    run_recipe("evaluate", "--model_name_or_path", str(out), "--reward_model", str(stages / "reward_modeling"),
-               "--max_eval_samples", "4", "--max_new_tokens", "16", "--output_dir", str(tmp_path / "eval"))
-    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
-    assert set(evaluated) == {"eval_reward", "eval_kl", "eval_response_length", "eval_response_loss"}
-    for name, value in evaluated.items():
-        assert value == pytest.approx(metrics[name], rel=1e-6, abs=1e-9), name
+    assert_evaluate_reproduces(out, stages, tmp_path / "eval", metrics)
+
+
+def test_rl_from_a_chat_model_prompts_in_its_template(tmp_path, monkeypatch, stages):
+    """rl.py from an SFT adapter tuned on conversations: the trainer's prompts are the instructions asked in its
+    chat template, as recipes/chat.py asks them, and recipes/evaluate.py rebuilds the same held-out prompts."""
+    from trl import GRPOTrainer
+
+    chat_sft, out = tmp_path / "chat_sft", tmp_path / "rl"
+    run_recipe("sft_lora", "--output_dir", str(chat_sft), "--as_messages", "true", "--max_steps", "2", "--max_train_samples", "32",
+               "--max_eval_samples", "4", "--sample_max_new_tokens", "4", *FAST)
+    trainers = record_trainers(monkeypatch, GRPOTrainer)
+    run_recipe("rl", "--model_name_or_path", str(chat_sft), "--reward_model_name_or_path", str(stages / "reward_modeling"),
+               "--output_dir", str(out), "--max_steps", "1", "--max_train_samples", "32", "--learning_rate", "1e-2", *SHORT, *FAST)
+    (trainer,) = trainers
+    held_out = [json.loads(line)["prompt"] for line in (out / "answers.jsonl").read_text().splitlines()]
+    for prompt in list(trainer.train_dataset["prompt"]) + held_out:
+        assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_end|>\n<|im_start|>assistant\n"), prompt
+    metrics = json.loads((out / "all_results.json").read_text())
+    assert_evaluate_reproduces(out, stages, tmp_path / "eval", metrics)
 
 
 def test_rl_ddp_two_processes(tmp_path, stages):

@@ -155,7 +155,9 @@ class DataArguments:
         default=None, metadata={"help": "code_search_net: keep rows of this repository only (e.g. apache/spark)."}
     )
     prompt_template: str | None = field(
-        default=None, metadata={"help": "Prompt template with {instruction} (and optionally {input}); unset: Alpaca's."}
+        default=None, metadata={"help": "Prompt template with {instruction} (and optionally {input}); unset: Alpaca's. "
+                                "Preference and RL prompts for a model whose tokenizer has a chat template are "
+                                "rendered in that template instead (and this flag is refused)."}
     )
     too_long: str = field(
         default="truncate",

@@ -12,6 +12,7 @@ import torch
 from datasets import Dataset
 from transformers import TextStreamer
 
+from ..conversations import user_message
 from ..tokenization import CHATML_END, add_chat_template
 from .errors import RecipeError
 from .output_dir import read_run_file
@@ -51,6 +52,17 @@ def prompt_completion_view(split, tokenizer):
         prompts.append(tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True))
         completions.append(messages[last]["content"])
     return Dataset.from_dict({"prompt": prompts, "completion": completions})
+
+
+def chat_prompt(tokenizer):
+    """Instruction rows' prompts for a model with a chat template, as a `format_prompt` template: the
+    instruction (and its input) as the user's message (`user_message`, as `to_messages` makes it), rendered up
+    to the assistant's turn opened. An answer that follows, with the tokenizer's end-of-sequence (the
+    template's end-of-turn for ChatML), is the assistant's message as the template renders it."""
+    def render(instruction: str, input: str = "") -> str:  # noqa: A002 - Alpaca's name
+        return tokenizer.apply_chat_template([user_message(instruction, input)], tokenize=False, add_generation_prompt=True)
+
+    return render
 
 
 class TrainableTokensHeadMixin:

@@ -446,12 +446,14 @@ def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max
     """The held-out split a training recipe evaluates on, rebuilt from the same data flags and seed:
     (data, length limit). `kind` is "text" (pretraining's blocks of `block_size` tokens, unset: the
     context), "sft" (prompt/completion), "preference" (prompt/chosen/rejected) or "prompts" (rl.py's: the
-    instructions whose prompt leaves room for `answer_tokens` new tokens). Rows longer than the limit meet
+    instructions whose prompt leaves room for `answer_tokens` new tokens). Preference and RL prompts are
+    rendered in `tokenizer`'s chat template when it has one, as dpo.py and rl.py render them (the saved
+    model's tokenizer is the one they trained with). Rows longer than the limit meet
     the recipe's policy, --too_long (unset: truncate instructions, drop pairs and RL prompts, as the recipes do).
     """
     limit = _context(model, max_length)
     if kind == "prompts":
-        data = DatasetDict(test=load_sft_data(data_args, seed=seed)["test"])
+        data = DatasetDict(test=load_sft_data(data_args, seed=seed, tokenizer=tokenizer)["test"])
         data = fit_prompts(data, tokenizer, model, model.config.n_positions - answer_tokens, data_args.too_long or "drop")
         return data["test"], limit
     if kind == "text":
@@ -462,7 +464,7 @@ def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max
         data = load_sft_data(data_args, seed=seed)
         sequences, truncatable_after, too_long = [("prompt", "completion")], "prompt", data_args.too_long or "truncate"
     else:
-        data = load_preference_data(data_args, seed=seed)
+        data = load_preference_data(data_args, seed=seed, tokenizer=tokenizer)
         sequences, truncatable_after, too_long = PAIR_SEQUENCES, None, data_args.too_long or "drop"
     test = DatasetDict(test=data["test"])
     data, limit = enforce_length_limit(test, tokenizer, model, max_length, too_long,

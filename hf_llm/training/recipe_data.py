@@ -9,6 +9,7 @@ from datasets import Dataset, DatasetDict
 from .. import data as data_layer
 from .. import stdlib_data
 from ..conversations import is_conversational, to_messages
+from .chat import chat_prompt
 from .errors import RecipeError
 from .hub_checks import check_hub_name
 from .loading import check_vocab_agreement
@@ -70,12 +71,28 @@ def load_text_corpus(data_args, seed: int = 42) -> DatasetDict:
     )
 
 
-def load_sft_data(data_args, seed: int = 42) -> DatasetDict:
+def instruction_template(data_args, tokenizer=None):
+    """The template instruction rows are prompted with: for a model whose tokenizer has a chat template (one
+    fine-tuned on conversations), that template (`chat_prompt`: the instruction as the user's message), since
+    the model was trained on it and chat.py talks to it with it; else --prompt_template (unset: Alpaca's).
+    --prompt_template with a chat template is refused: one of them would be ignored."""
+    if tokenizer is None or tokenizer.chat_template is None:
+        return data_args.prompt_template
+    if data_args.prompt_template:
+        raise RecipeError("--prompt_template formats prompts for an instruction-tuned model, but this model's tokenizer has a "
+                          "chat template, which its prompts are rendered with. Drop --prompt_template, or start from a model "
+                          "without a chat template.")
+    return chat_prompt(tokenizer)
+
+
+def load_sft_data(data_args, seed: int = 42, tokenizer=None) -> DatasetDict:
     """Rows for supervised fine-tuning: prompt/completion pairs, without end-of-text (TRL's SFTTrainer appends
     its tokenizer's EOS to each completion); or conversations ("messages") for data that has them, and for
-    instruction rows with `--as_messages`, which the tokenizer's chat template renders."""
-    template = data_args.prompt_template
-    if data_args.as_messages and template:
+    instruction rows with `--as_messages`, which the tokenizer's chat template renders. Instructions are
+    prompted with `instruction_template(data_args, tokenizer)`: pass the `tokenizer` to prompt them in its chat
+    template, if it has one (rl.py's prompts)."""
+    template = instruction_template(data_args, tokenizer)
+    if data_args.as_messages and data_args.prompt_template:
         raise RecipeError("--as_messages trains instructions as conversations, in the chat template; --prompt_template "
                           "applies to the prompt/completion format instead. Pass one of them.")
     if data_args.dataset_name is None:
@@ -91,16 +108,20 @@ def load_sft_data(data_args, seed: int = 42) -> DatasetDict:
             logger.info("%s: prompt/completion rows, trained on as written (the prompt template is not applied).",
                         data_args.dataset_name)
         else:
-            logger.info("%s: instruction rows, each prompt built with the %s.", data_args.dataset_name,
-                        "--prompt_template given" if template else "Alpaca prompt template")
+            logger.info("%s: instruction rows, each prompt built with the %s.", data_args.dataset_name, "chat template"
+                        if callable(template) else "--prompt_template given" if template else "Alpaca prompt template")
         return mapped
 
     return _load_and_split(data_args, seed, to_sft_rows)
 
 
-def load_preference_data(data_args, seed: int = 42) -> DatasetDict:
-    """prompt/chosen/rejected triples for reward modelling."""
-    template = data_args.prompt_template
+def load_preference_data(data_args, seed: int = 42, tokenizer=None) -> DatasetDict:
+    """prompt/chosen/rejected triples for reward modelling and DPO. Instructions (and webgpt questions) are
+    prompted with `instruction_template(data_args, tokenizer)`: in the starting model's chat template when its
+    `tokenizer` has one; prompts given as such stay as written."""
+    template = instruction_template(data_args, tokenizer)
+    if callable(template):
+        logger.info("Preference prompts: each instruction as the user's message in the model's chat template.")
     if data_args.dataset_name is None:
         splits = stdlib_data.stdlib_preferences()
         mapped = {k: data_layer.to_preference(v, template=template) for k, v in splits.items()}
