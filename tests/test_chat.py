@@ -565,3 +565,36 @@ def test_dpo_from_a_chat_model_trains_on_its_template_and_evaluate_reproduces_it
     assert set(evaluated) == {"eval_preference_accuracy", "eval_preference_margin"}
     for name, value in evaluated.items():
         assert value == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name
+
+
+def test_a_reward_model_from_the_chat_sft_adapter_reads_its_template_and_serves_rl(chat_sft, tmp_path, monkeypatch):
+    """reward_modeling.py from the conversational SFT adapter: the adapter merged into its base under a new
+    score head, the pairs asked in its chat template; recipes/evaluate.py reproduces its pair accuracy, and
+    rl.py (policy: the same SFT adapter) trains against it, its figures reproduced by recipes/evaluate.py."""
+    from trl import RewardTrainer
+
+    from test_recipes import assert_adapter_card_loads_the_saved_adapter, record_trainers
+    from test_rl import SHORT, assert_evaluate_reproduces
+
+    trainers = record_trainers(monkeypatch, RewardTrainer)
+    reward = tmp_path / "reward_modeling"  # the name assert_evaluate_reproduces gives the reward model
+    run_recipe("reward_modeling", "--model_name_or_path", str(chat_sft), "--output_dir", str(reward), "--max_steps", "2",
+               "--max_train_samples", "16", "--max_eval_samples", "8", "--learning_rate", "3e-3", *FAST)
+    (trainer,) = trainers
+    tokenizer = trainer.processing_class
+    assert tokenizer.chat_template is not None and len(tokenizer) == 4098
+    for row in trainer.train_dataset:
+        text = tokenizer.decode(row["chosen_ids"])
+        assert text.startswith(f"{IM_START}user\n") and f"{IM_END}\n{IM_START}assistant\n" in text, text
+    assert_adapter_card_loads_the_saved_adapter(reward)
+    run_recipe("evaluate", "--model_name_or_path", str(reward), "--output_dir", str(tmp_path / "eval"), "--max_eval_samples", "8")
+    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    recorded = json.loads((reward / "all_results.json").read_text())
+    assert set(evaluated) == {"eval_pairwise_accuracy", "eval_pairwise_margin"}
+    for name, value in evaluated.items():
+        assert value == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name
+
+    rl = tmp_path / "rl"
+    run_recipe("rl", "--model_name_or_path", str(chat_sft), "--reward_model_name_or_path", str(reward), "--output_dir", str(rl),
+               "--max_steps", "1", "--max_train_samples", "16", *SHORT, *FAST)
+    assert_evaluate_reproduces(rl, tmp_path, tmp_path / "eval_rl", json.loads((rl / "all_results.json").read_text()))

@@ -193,6 +193,10 @@ def _load_merged_adapter(model_args, task, tokenizer, num_labels, trust_remote_c
     # PEFT leaves its config on the unloaded model; the next stage's adapter would then warn of "multiple adapters".
     if hasattr(merged, "peft_config"):
         del merged.peft_config
+    # The merged model is on disk nowhere yet (a run saves it as base/), so it names no folder. Named after its
+    # base, PEFT would find that base's vocabulary smaller than a chat template's grown one and save the whole
+    # embedding into the next stage's adapter.
+    merged.name_or_path = merged.config.name_or_path = ""
     return _as_classifier(merged, adapter, num_labels) if onto_language_model else merged
 
 
