@@ -598,3 +598,20 @@ def test_a_reward_model_from_the_chat_sft_adapter_reads_its_template_and_serves_
     run_recipe("rl", "--model_name_or_path", str(chat_sft), "--reward_model_name_or_path", str(reward), "--output_dir", str(rl),
                "--max_steps", "1", "--max_train_samples", "16", *SHORT, *FAST)
     assert_evaluate_reproduces(rl, tmp_path, tmp_path / "eval_rl", json.loads((rl / "all_results.json").read_text()))
+
+
+def test_generate_asks_an_instruction_in_the_chat_template_of_a_model_that_has_one(chat_sft, capsys, monkeypatch):
+    """generate.py --instruction on the conversational SFT adapter: the instruction and its input as the user's
+    message in its chat template, the assistant's turn opened, as the other recipes ask it; --prompt_template
+    beside a chat template is refused with their message."""
+    import hf_llm.training
+
+    seen = []
+    monkeypatch.setattr(hf_llm.training, "generate_text", lambda model, tokenizer, prompt, gen_args: seen.append(prompt) or [prompt])
+    run_recipe("generate", "--model_name_or_path", str(chat_sft), "--instruction", "What is 1 plus 2?", "--input", "Be brief.")
+    assert seen == [f"{IM_START}user\nWhat is 1 plus 2?\n\nBe brief.{IM_END}\n{IM_START}assistant\n"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        run_recipe("generate", "--model_name_or_path", str(chat_sft), "--instruction", "Hi.", "--prompt_template", "Q: {instruction}\nA: ")
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and "chat template" in message and "Drop --prompt_template" in message
