@@ -615,3 +615,37 @@ def test_generate_asks_an_instruction_in_the_chat_template_of_a_model_that_has_o
         run_recipe("generate", "--model_name_or_path", str(chat_sft), "--instruction", "Hi.", "--prompt_template", "Q: {instruction}\nA: ")
     message = capsys.readouterr().err
     assert err.value.code == 2 and "chat template" in message and "Drop --prompt_template" in message
+
+
+def test_win_rate_asks_each_model_in_its_own_template(chat_sft, tmp_path, monkeypatch):
+    """evaluate.py --figures win_rate rouge_l on the conversational SFT adapter: it is asked (and its ROUGE-L answers
+    given) in its chat template; the reference, the packaged base with its own tokenizer (no chat template, two
+    tokens fewer), in the Alpaca template; the judge, a reward model without a chat template, scores each answer
+    after the Alpaca prompt it reads."""
+    import hf_llm.training.evaluation as evaluation
+    from hf_llm import GPTForSequenceClassification
+    from hf_llm.tokenization import load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL
+
+    judge = tmp_path / "judge"
+    GPTForSequenceClassification.from_pretrained(DEFAULT_BASE_MODEL, num_labels=1).save_pretrained(judge)
+    load_tokenizer(DEFAULT_BASE_MODEL).save_pretrained(judge)
+    asked, scored = [], []
+    generate, score = evaluation.generate_answers, evaluation.reward_scores
+    monkeypatch.setattr(evaluation, "generate_answers", lambda model, tokenizer, prompts, *args: asked.append(
+        (len(tokenizer), list(prompts))) or generate(model, tokenizer, prompts, *args))
+    monkeypatch.setattr(evaluation, "reward_scores", lambda model, tokenizer, prompts, *args, **kwargs: scored.append(
+        list(prompts)) or score(model, tokenizer, prompts, *args, **kwargs))
+    run_recipe("evaluate", "--model_name_or_path", str(chat_sft), "--figures", "win_rate", "rouge_l", "--reward_model", str(judge),
+               "--reference_model", DEFAULT_BASE_MODEL, "--output_dir", str(tmp_path / "eval"), "--max_eval_samples", "4",
+               "--answers", "2", "--max_new_tokens", "4")
+    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert {"eval_win_rate", "eval_rouge_l"} <= set(evaluated)
+    (policy_size, policy), (reference_size, reference), (_, rouge) = asked
+    assert (policy_size, reference_size) == (4098, 4096) and len(policy) == len(reference) == 2
+    for chat, alpaca in zip(policy, reference):
+        assert chat.startswith(f"{IM_START}user\n") and chat.endswith(f"{IM_END}\n{IM_START}assistant\n"), chat
+        assert alpaca.startswith("Below is an instruction") and alpaca.endswith("### Response:\n"), alpaca
+        assert chat.removeprefix(f"{IM_START}user\n").split(IM_END)[0].split("\n")[0] in alpaca  # the same question
+    assert rouge == policy
+    assert scored == [reference, reference]  # the judge reads the Alpaca prompts, as it was trained
