@@ -8,8 +8,9 @@
 Figures: perplexity of held-out text, response loss on held-out instructions, ROUGE-L of greedy answers
 against the references, pairwise accuracy of a reward model, DPO's preference accuracy (implicit reward,
 the adapter switched off as reference), and the mean reward and win rate of the model's answers against
-a reference model's, judged by --reward_model. By default: those the recipe that trained the model
-reports. The held-out split is rebuilt as that recipe builds it: pass the same data flags (--dataset_name,
+a reference model's, judged by --reward_model (each model asked in its own template, a chat template
+or the instruction one, and the judge scoring in its own). By default: those the recipe that trained the
+model reports. The held-out split is rebuilt as that recipe builds it: pass the same data flags (--dataset_name,
 --max_eval_samples, ...) and --seed; the figures are then the ones in its all_results.json.
 
 The figures are printed as one table and written to --output_dir as eval_results.json; --model_card

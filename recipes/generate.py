@@ -8,8 +8,10 @@
 
 Decoding flags are transformers' GenerationConfig ones (greedy by default; --num_beams, --do_sample,
 --top_k, --top_p, --temperature, --no_repeat_ngram_size, --max_new_tokens). A single sequence is
-streamed to the terminal as it is generated. --instruction (with --input and --prompt_template) builds
-the prompt exactly as recipes/sft_lora.py trains, so an adapter is prompted the way it learnt.
+streamed to the terminal as it is generated. --instruction (with --input) builds the prompt the way the
+model learnt: for a model whose tokenizer has a chat template (tuned on conversations) the instruction is
+the user's message in that template, with the assistant's turn opened; otherwise it is formatted as
+recipes/sft_lora.py trains (--prompt_template, unset: Alpaca's).
 """
 
 import sys
@@ -26,7 +28,7 @@ DEFAULTS = dict(model_name_or_path=DEFAULT_BASE_MODEL)
 
 def main(model_args, gen_args, trust_args):
     model, tokenizer = load_for_generation(model_args, gen_args, trust_remote_code=trust_args.trust_remote_code)
-    prompt = resolve_prompt(gen_args, default="def ")
+    prompt = resolve_prompt(gen_args, default="def ", tokenizer=tokenizer)
     texts = generate_text(model, tokenizer, prompt, gen_args)
     if not (gen_args.stream and len(texts) == 1):
         for i, text in enumerate(texts):

@@ -2,10 +2,13 @@
 
     accelerate launch recipes/reward_modeling.py                   # embedded default: offline, minutes on a laptop
     accelerate launch recipes/reward_modeling.py --config recipes/configs/reward_webgpt.yaml
+    accelerate launch recipes/reward_modeling.py --model_name_or_path outputs/sft_lora   # from the SFT stage
 
 The model reads prompt + answer and outputs one number at the last token; the pairwise
 (Bradley-Terry) loss -log sigmoid(r_chosen - r_rejected) teaches it to score the chosen answer
-higher. Held-out accuracy is the share of pairs where it does.
+higher. Held-out accuracy is the share of pairs where it does. Started from an SFT adapter folder, the
+adapter is merged into its base and the score head is new; its prompts follow that run's tokenizer (its
+chat template, if it has one), so that the reward model reads what rl.py asks the SFT model.
 """
 
 from trl import RewardConfig, RewardTrainer

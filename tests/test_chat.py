@@ -565,3 +565,87 @@ def test_dpo_from_a_chat_model_trains_on_its_template_and_evaluate_reproduces_it
     assert set(evaluated) == {"eval_preference_accuracy", "eval_preference_margin"}
     for name, value in evaluated.items():
         assert value == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name
+
+
+def test_a_reward_model_from_the_chat_sft_adapter_reads_its_template_and_serves_rl(chat_sft, tmp_path, monkeypatch):
+    """reward_modeling.py from the conversational SFT adapter: the adapter merged into its base under a new
+    score head, the pairs asked in its chat template; recipes/evaluate.py reproduces its pair accuracy, and
+    rl.py (policy: the same SFT adapter) trains against it, its figures reproduced by recipes/evaluate.py."""
+    from trl import RewardTrainer
+
+    from test_recipes import assert_adapter_card_loads_the_saved_adapter, record_trainers
+    from test_rl import SHORT, assert_evaluate_reproduces
+
+    trainers = record_trainers(monkeypatch, RewardTrainer)
+    reward = tmp_path / "reward_modeling"  # the name assert_evaluate_reproduces gives the reward model
+    run_recipe("reward_modeling", "--model_name_or_path", str(chat_sft), "--output_dir", str(reward), "--max_steps", "2",
+               "--max_train_samples", "16", "--max_eval_samples", "8", "--learning_rate", "3e-3", *FAST)
+    (trainer,) = trainers
+    tokenizer = trainer.processing_class
+    assert tokenizer.chat_template is not None and len(tokenizer) == 4098
+    for row in trainer.train_dataset:
+        text = tokenizer.decode(row["chosen_ids"])
+        assert text.startswith(f"{IM_START}user\n") and f"{IM_END}\n{IM_START}assistant\n" in text, text
+    assert_adapter_card_loads_the_saved_adapter(reward)
+    run_recipe("evaluate", "--model_name_or_path", str(reward), "--output_dir", str(tmp_path / "eval"), "--max_eval_samples", "8")
+    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    recorded = json.loads((reward / "all_results.json").read_text())
+    assert set(evaluated) == {"eval_pairwise_accuracy", "eval_pairwise_margin"}
+    for name, value in evaluated.items():
+        assert value == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name
+
+    rl = tmp_path / "rl"
+    run_recipe("rl", "--model_name_or_path", str(chat_sft), "--reward_model_name_or_path", str(reward), "--output_dir", str(rl),
+               "--max_steps", "1", "--max_train_samples", "16", *SHORT, *FAST)
+    assert_evaluate_reproduces(rl, tmp_path, tmp_path / "eval_rl", json.loads((rl / "all_results.json").read_text()))
+
+
+def test_generate_asks_an_instruction_in_the_chat_template_of_a_model_that_has_one(chat_sft, capsys, monkeypatch):
+    """generate.py --instruction on the conversational SFT adapter: the instruction and its input as the user's
+    message in its chat template, the assistant's turn opened, as the other recipes ask it; --prompt_template
+    beside a chat template is refused with their message."""
+    import hf_llm.training
+
+    seen = []
+    monkeypatch.setattr(hf_llm.training, "generate_text", lambda model, tokenizer, prompt, gen_args: seen.append(prompt) or [prompt])
+    run_recipe("generate", "--model_name_or_path", str(chat_sft), "--instruction", "What is 1 plus 2?", "--input", "Be brief.")
+    assert seen == [f"{IM_START}user\nWhat is 1 plus 2?\n\nBe brief.{IM_END}\n{IM_START}assistant\n"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        run_recipe("generate", "--model_name_or_path", str(chat_sft), "--instruction", "Hi.", "--prompt_template", "Q: {instruction}\nA: ")
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and "chat template" in message and "Drop --prompt_template" in message
+
+
+def test_win_rate_asks_each_model_in_its_own_template(chat_sft, tmp_path, monkeypatch):
+    """evaluate.py --figures win_rate rouge_l on the conversational SFT adapter: it is asked (and its ROUGE-L answers
+    given) in its chat template; the reference, the packaged base with its own tokenizer (no chat template, two
+    tokens fewer), in the Alpaca template; the judge, a reward model without a chat template, scores each answer
+    after the Alpaca prompt it reads."""
+    import hf_llm.training.evaluation as evaluation
+    from hf_llm import GPTForSequenceClassification
+    from hf_llm.tokenization import load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL
+
+    judge = tmp_path / "judge"
+    GPTForSequenceClassification.from_pretrained(DEFAULT_BASE_MODEL, num_labels=1).save_pretrained(judge)
+    load_tokenizer(DEFAULT_BASE_MODEL).save_pretrained(judge)
+    asked, scored = [], []
+    generate, score = evaluation.generate_answers, evaluation.reward_scores
+    monkeypatch.setattr(evaluation, "generate_answers", lambda model, tokenizer, prompts, *args: asked.append(
+        (len(tokenizer), list(prompts))) or generate(model, tokenizer, prompts, *args))
+    monkeypatch.setattr(evaluation, "reward_scores", lambda model, tokenizer, prompts, *args, **kwargs: scored.append(
+        list(prompts)) or score(model, tokenizer, prompts, *args, **kwargs))
+    run_recipe("evaluate", "--model_name_or_path", str(chat_sft), "--figures", "win_rate", "rouge_l", "--reward_model", str(judge),
+               "--reference_model", DEFAULT_BASE_MODEL, "--output_dir", str(tmp_path / "eval"), "--max_eval_samples", "4",
+               "--answers", "2", "--max_new_tokens", "4")
+    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert {"eval_win_rate", "eval_rouge_l"} <= set(evaluated)
+    (policy_size, policy), (reference_size, reference), (_, rouge) = asked
+    assert (policy_size, reference_size) == (4098, 4096) and len(policy) == len(reference) == 2
+    for chat, alpaca in zip(policy, reference):
+        assert chat.startswith(f"{IM_START}user\n") and chat.endswith(f"{IM_END}\n{IM_START}assistant\n"), chat
+        assert alpaca.startswith("Below is an instruction") and alpaca.endswith("### Response:\n"), alpaca
+        assert chat.removeprefix(f"{IM_START}user\n").split(IM_END)[0].split("\n")[0] in alpaca  # the same question
+    assert rouge == policy
+    assert scored == [reference, reference]  # the judge reads the Alpaca prompts, as it was trained

@@ -328,6 +328,30 @@ def test_dpo_figures_reproduced(sft_run, tmp_path):
     assert recorded["eval_preference_margin"] != 0
 
 
+def test_reward_model_from_the_sft_adapter_starts_from_its_merged_weights(sft_run, tmp_path):
+    """reward_modeling.py from the SFT stage's (causal-LM) adapter: the adapter merged into its base, a new score
+    head on the merged weights; the saved folder carries that start in base/, its card loads it back, and
+    recipes/evaluate.py reproduces the run's pair accuracy."""
+    from hf_llm import GPTForSequenceClassification
+    from hf_llm.training import ModelArguments, load_model
+    from test_recipes import assert_adapter_card_loads_the_saved_adapter
+
+    out = tmp_path / "rm"
+    run_recipe("reward_modeling", "--model_name_or_path", str(sft_run), "--output_dir", str(out), "--max_steps", "2",
+               "--max_eval_samples", "8", "--learning_rate", "3e-3", *FAST)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and config["base_model_name_or_path"] == str((out / "base").resolve())
+    start = GPTForSequenceClassification.from_pretrained(out / "base")
+    merged_sft = load_model(ModelArguments(model_name_or_path=str(sft_run)))
+    for name, weight in merged_sft.transformer.state_dict().items():
+        assert torch.equal(start.transformer.state_dict()[name], weight), name
+    assert_adapter_card_loads_the_saved_adapter(out)
+    recorded = recipe_metrics(out)
+    evaluated = evaluate_run(out, tmp_path / "eval", "--max_eval_samples", "8")
+    assert set(evaluated) == {"eval_pairwise_accuracy", "eval_pairwise_margin"}
+    assert_same_figures(evaluated, recorded, evaluated)
+
+
 def test_reward_figures_reproduced_and_carried_by_the_model_card(tmp_path):
     from huggingface_hub import ModelCard
 

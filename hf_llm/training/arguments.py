@@ -214,12 +214,14 @@ class GenerateArguments:
     )
     instruction: str | None = field(
         default=None,
-        metadata={"help": "Instead of --prompt: an instruction, formatted as sft_lora.py trains (--prompt_template, "
-                  "with --input), so the prompt ends where the response starts."},
+        metadata={"help": "Instead of --prompt: an instruction (with --input), asked as the model was tuned: the user's "
+                  "message in its chat template if its tokenizer has one, else formatted as sft_lora.py trains "
+                  "(--prompt_template); the prompt ends where the response starts."},
     )
     input: str = field(default="", metadata={"help": "The instruction's input, with --instruction."})
     prompt_template: str | None = field(
-        default=None, metadata={"help": "With --instruction: the template the adapter was trained with; unset: Alpaca's."}
+        default=None, metadata={"help": "With --instruction, for a model without a chat template: the template the "
+                                   "adapter was trained with; unset: Alpaca's."}
     )
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate."})
     max_length: int | None = field(default=None, metadata={"help": "Total length limit (prompt + new), instead of max_new_tokens."})

@@ -43,7 +43,7 @@ def prompt_completion_view(split, tokenizer):
     """An SFT split as prompt/completion rows, what the held-out figures and answers read: prompt/completion
     rows as they are; a conversation as the chat template renders it up to its last assistant message (the
     assistant's turn opened) and that message, whose end-of-turn `response_loss` appends as the tokenizer's
-    end-of-sequence."""
+    end-of-sequence. Any other column is kept."""
     if "messages" not in split.column_names:
         return split
     prompts, completions = [], []
@@ -51,7 +51,8 @@ def prompt_completion_view(split, tokenizer):
         last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
         prompts.append(tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True))
         completions.append(messages[last]["content"])
-    return Dataset.from_dict({"prompt": prompts, "completion": completions})
+    kept = {name: split[name] for name in split.column_names if name != "messages"}
+    return Dataset.from_dict({**kept, "prompt": prompts, "completion": completions})
 
 
 def chat_prompt(tokenizer):

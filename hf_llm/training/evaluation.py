@@ -282,7 +282,7 @@ def _columns(data, figure: str, *names):
 
 def held_out_figures(figures, model, tokenizer, data, *, max_length: int | None = None, beta: float | None = None,
                      max_new_tokens: int = 64, answers: int = ROUGE_ANSWERS, reward_model=None, reward_tokenizer=None,
-                     reference_model=None, batch_size: int = BATCH_SIZE) -> dict:
+                     reference_model=None, reference_tokenizer=None, batch_size: int = BATCH_SIZE) -> dict:
     """Held-out figures of `model`, named as a run's metrics (`eval_*`), for each name in `figures`:
 
     - perplexity (`data`: blocks of token ids, `input_ids`): eval_text_loss and eval_perplexity;
@@ -295,9 +295,11 @@ def held_out_figures(figures, model, tokenizer, data, *, max_length: int | None 
     - preference_accuracy (the same columns; `model` a DPO policy): eval_preference_accuracy and
       eval_preference_margin of the implicit reward with `beta`, the reference being `reference_model` or
       the policy's adapter switched off;
-    - win_rate (`prompt`): greedy answers of `model` and of `reference_model` (or the adapter switched off)
-      to the first `answers` prompts, judged by `reward_model` (with `reward_tokenizer`): eval_win_rate,
-      eval_mean_reward and eval_reference_mean_reward;
+    - win_rate (`prompt`): greedy answers of `model` and of `reference_model` (with `reference_tokenizer`,
+      or the adapter switched off) to the first `answers` prompts, judged by `reward_model` (with
+      `reward_tokenizer`): eval_win_rate, eval_mean_reward and eval_reference_mean_reward. The reference is
+      asked the `reference_prompt` column and the judge scores each answer after the `judge_prompt` column
+      where `data` has them (the same questions in each model's own template, `held_out_data`), else `prompt`;
     - rl_report (`prompt`, `completion`; `model` an RL policy, its adapter switched off as reference): rl.py's
       held-out figures (`rl_report`): eval_reward, eval_kl, eval_response_length and eval_response_loss.
 
@@ -346,17 +348,20 @@ def held_out_figures(figures, model, tokenizer, data, *, max_length: int | None 
             if reward_model is None:
                 raise RecipeError("The win_rate figure needs a reward model to judge the answers: pass --reward_model.")
             (prompts,) = _columns(data, figure, "prompt")
+            asked = {name: (data[name] if name in data.column_names else prompts)[:answers]
+                     for name in ("reference_prompt", "judge_prompt")}
             prompts = prompts[:answers]
             policy_answers = generate_answers(model, tokenizer, prompts, max_new_tokens)
             if reference_model is not None:
-                reference_answers = generate_answers(reference_model, tokenizer, prompts, max_new_tokens)
+                reference_answers = generate_answers(reference_model, reference_tokenizer or tokenizer, asked["reference_prompt"],
+                                                     max_new_tokens)
             else:
                 with adapter_disabled(model) as disabled:
                     if not disabled:
                         raise RecipeError("The win_rate figure needs a reference: pass --reference_model (the model has no adapter to switch off).")
                     reference_answers = generate_answers(model, tokenizer, prompts, max_new_tokens)
-            value = win_rate(reward_model, reward_tokenizer or tokenizer, prompts, policy_answers, reference_answers,
-                             batch_size=batch_size)
+            value = win_rate(reward_model, reward_tokenizer or tokenizer, asked["judge_prompt"], policy_answers,
+                             reference_answers, batch_size=batch_size)
             results.update(eval_win_rate=value["win_rate"], eval_mean_reward=value["mean_reward"],
                            eval_reference_mean_reward=value["reference_mean_reward"])
     return results
@@ -442,14 +447,17 @@ def load_for_evaluation(model_args, task: str = "causal-lm", trust_remote_code: 
 
 
 def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max_length: int | None = None,
-                  block_size: int | None = None, answer_tokens: int = 0):
+                  block_size: int | None = None, answer_tokens: int = 0, prompts_for: dict | None = None):
     """The held-out split a training recipe evaluates on, rebuilt from the same data flags and seed:
     (data, length limit). `kind` is "text" (pretraining's blocks of `block_size` tokens, unset: the
     context), "sft" (prompt/completion), "preference" (prompt/chosen/rejected) or "prompts" (rl.py's: the
-    instructions whose prompt leaves room for `answer_tokens` new tokens). Preference and RL prompts are
-    rendered in `tokenizer`'s chat template when it has one, as dpo.py and rl.py render them (the saved
-    model's tokenizer is the one they trained with). Rows longer than the limit meet
-    the recipe's policy, --too_long (unset: truncate instructions, drop pairs and RL prompts, as the recipes do).
+    instructions whose prompt leaves room for `answer_tokens` new tokens). Instructions are asked as
+    `instruction_template` asks them: in `tokenizer`'s chat template when it has one, as dpo.py and rl.py
+    render them (the saved model's tokenizer is the one they trained with), else with --prompt_template
+    (unset: Alpaca's). `prompts_for` (column name -> another model's tokenizer) adds, for "sft", a column of
+    the same prompts as that tokenizer's model is asked them (win_rate's reference and judge). Rows longer
+    than the limit meet the recipe's policy, --too_long (unset: truncate instructions, drop pairs and RL
+    prompts, as the recipes do).
     """
     limit = _context(model, max_length)
     if kind == "prompts":
@@ -461,7 +469,9 @@ def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max
         size = check_block_size(block_size or model.config.n_positions, model)
         return blocks_dataset(texts, tokenizer, size, size, "evaluation"), limit
     if kind == "sft":
-        data = load_sft_data(data_args, seed=seed)
+        data = load_sft_data(data_args, seed=seed, tokenizer=tokenizer)
+        for column, other in (prompts_for or {}).items():
+            data["test"] = data["test"].add_column(column, _asked_by(other, data_args, seed, data["test"]))
         sequences, truncatable_after, too_long = [("prompt", "completion")], "prompt", data_args.too_long or "truncate"
     else:
         data = load_preference_data(data_args, seed=seed, tokenizer=tokenizer)
@@ -471,6 +481,14 @@ def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max
                                        **measured_as_trained(test, sequences, truncatable_after))
     # Conversations (SFT on messages): their last answers, as sft_lora.py reads them.
     return prompt_completion_view(data["test"], tokenizer), limit
+
+
+def _asked_by(tokenizer, data_args, seed: int, test) -> list[str]:
+    """The held-out SFT prompts of `test` as the model of `tokenizer` is asked them: rebuilt in its template
+    (same seed, same rows); conversations rendered with its chat template."""
+    if "messages" in test.column_names:
+        return prompt_completion_view(test, tokenizer)["prompt"]
+    return load_sft_data(data_args, seed=seed, tokenizer=tokenizer)["test"]["prompt"]
 
 
 def figures_table(results: dict) -> str:
@@ -526,6 +544,9 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
     held-out split of each figure's data, compute the figures with `held_out_figures`, and, on the main
     process, print them as a table and write them (`write_evaluation`). Returns the figures.
 
+    The reference model keeps its own tokenizer; for win_rate it and the judge get the held-out prompts in
+    their own templates (`held_out_data`'s `prompts_for`).
+
     Under a multi-process launch every process computes them (no collectives: each holds the whole model),
     and only the main one prints and writes.
     """
@@ -548,15 +569,20 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
         others["reward_model"], others["reward_tokenizer"] = load_reward_model(eval_args.reward_model, trust_remote_code,
                                                                                flag="--reward_model")
     if eval_args.reference_model:
-        # The reference answers and scores the same prompts with the evaluated model's tokenizer.
-        others["reference_model"], _ = load_for_evaluation(ModelArguments(model_name_or_path=eval_args.reference_model),
-                                                           "causal-lm", trust_remote_code)
-        check_vocab_agreement(others["reference_model"], tokenizer)
+        others["reference_model"], others["reference_tokenizer"] = load_for_evaluation(
+            ModelArguments(model_name_or_path=eval_args.reference_model), "causal-lm", trust_remote_code)
+        if "preference_accuracy" in figures:  # the implicit reward reads the evaluated model's tokens through both
+            check_vocab_agreement(others["reference_model"], tokenizer)
+    # win_rate asks each model in its own template (a chat template, or the instruction one) and the judge
+    # scores each answer after the prompt in its own.
+    prompts_for = {column: others[name] for column, name in (("reference_prompt", "reference_tokenizer"),
+                                                             ("judge_prompt", "reward_tokenizer")) if name in others}
 
     results, kinds = {}, list(dict.fromkeys(FIGURE_DATA[name] for name in figures))
     for kind in kinds:
         data, limit = held_out_data(kind, data_args, tokenizer, model, seed=eval_args.seed, max_length=eval_args.max_length,
-                                    block_size=eval_args.block_size, answer_tokens=eval_args.max_new_tokens)
+                                    block_size=eval_args.block_size, answer_tokens=eval_args.max_new_tokens,
+                                    prompts_for=prompts_for if "win_rate" in figures else None)
         results.update(held_out_figures(
             [name for name in figures if FIGURE_DATA[name] == kind], model, tokenizer, data, max_length=limit,
             beta=eval_args.beta, max_new_tokens=eval_args.max_new_tokens, answers=eval_args.answers,

@@ -75,8 +75,11 @@ def cache_settings(gen_args, device: torch.device) -> dict:
     return {"cache_implementation": cache, "disable_compile": True}
 
 
-def resolve_prompt(gen_args, default: str) -> str:
-    """The prompt to continue: `--instruction` formatted as the SFT recipe trains, else `read_prompt`."""
+def resolve_prompt(gen_args, default: str, tokenizer=None) -> str:
+    """The prompt to continue: `--instruction` (with `--input`) asked as the model was tuned, else `read_prompt`.
+    The instruction is the user's message in `tokenizer`'s chat template when it has one (a model tuned on
+    conversations), else formatted as sft_lora.py formats instructions (`--prompt_template`, unset: Alpaca's),
+    as `instruction_template` prompts the other recipes; `--prompt_template` beside a chat template is refused."""
     if gen_args.instruction is None:
         if gen_args.input or gen_args.prompt_template:
             raise RecipeError("--input and --prompt_template shape an --instruction; pass --instruction too (or only --prompt).")
@@ -84,8 +87,9 @@ def resolve_prompt(gen_args, default: str) -> str:
     if gen_args.prompt is not None:
         raise RecipeError("Pass --prompt (the text as it is) or --instruction (formatted with the template), not both.")
     from ..data import format_prompt
+    from .recipe_data import instruction_template
 
-    return format_prompt(gen_args.instruction, gen_args.input, gen_args.prompt_template)
+    return format_prompt(gen_args.instruction, gen_args.input, instruction_template(gen_args, tokenizer))
 
 
 def read_prompt(prompt: str | None, default: str) -> str:

@@ -170,18 +170,22 @@ def attach_adapter(model, adapter_folder: str, tokenizer=None):
 
 def _load_merged_adapter(model_args, task, tokenizer, num_labels, trust_remote_code):
     """An earlier stage's adapter (SFT, reward model) as the starting model: its base with the adapter
-    folded in, so that the next stage's adapter trains on top of it and the reference is this model."""
+    folded in, so that the next stage's adapter trains on top of it and the reference is this model.
+    A language model's adapter (CAUSAL_LM, the SFT stage's) asked for as a sequence classifier (a reward
+    model starting from SFT) is merged into its base as the language model it is, and the classifier is
+    built on those merged weights with a new score head (`_as_classifier`)."""
     adapter = model_args.model_name_or_path
     base = adapter_base(adapter)
     base_args = copy.copy(model_args)
     base_args.model_name_or_path = base
+    config = json.loads(Path(adapter, "adapter_config.json").read_text())
+    onto_language_model = task != "causal-lm" and config.get("task_type") == "CAUSAL_LM"
     # A reward model's adapter brings its trained score head: the base's "new score head" notice would mislead.
-    saved = json.loads(Path(adapter, "adapter_config.json").read_text()).get("modules_to_save") or []
     previous = logger.level
-    if task != "causal-lm" and "score" in saved:
+    if task != "causal-lm" and "score" in (config.get("modules_to_save") or []):
         logger.setLevel(max(previous, logging.WARNING))
     try:
-        model = load_model(base_args, task, tokenizer, num_labels, trust_remote_code)
+        model = load_model(base_args, "causal-lm" if onto_language_model else task, tokenizer, num_labels, trust_remote_code)
     finally:
         logger.setLevel(previous)
     logger.info("Starting from the adapter in %s, merged into its base %s.", adapter, base)
@@ -189,7 +193,22 @@ def _load_merged_adapter(model_args, task, tokenizer, num_labels, trust_remote_c
     # PEFT leaves its config on the unloaded model; the next stage's adapter would then warn of "multiple adapters".
     if hasattr(merged, "peft_config"):
         del merged.peft_config
-    return merged
+    # The merged model is on disk nowhere yet (a run saves it as base/), so it names no folder. Named after its
+    # base, PEFT would find that base's vocabulary smaller than a chat template's grown one and save the whole
+    # embedding into the next stage's adapter.
+    merged.name_or_path = merged.config.name_or_path = ""
+    return _as_classifier(merged, adapter, num_labels) if onto_language_model else merged
+
+
+def _as_classifier(language_model, name: str, num_labels: int):
+    """A `GPTForSequenceClassification` on `language_model`'s body (its weights, not a copy) with a new
+    score head of `num_labels`, as `_load_classifier` gives for a language model's checkpoint."""
+    config = copy.deepcopy(language_model.config)
+    config.num_labels = num_labels
+    classifier = GPTForSequenceClassification(config).to(language_model.dtype)
+    classifier.transformer = language_model.transformer
+    _new_score_head(name)
+    return classifier
 
 
 def _load_classifier(cls, name: str, kwargs: dict):
@@ -206,7 +225,7 @@ def _load_classifier(cls, name: str, kwargs: dict):
         transformers.utils.logging.set_verbosity(verbosity)
     missing = set(info["missing_keys"])
     if "score.weight" in missing:
-        logger.info("%s has no score head (it is a language model): a new one is initialised, to be trained.", name)
+        _new_score_head(name)
         missing.discard("score.weight")
     if missing or info["unexpected_keys"] or info["mismatched_keys"]:
         logger.warning(
@@ -214,6 +233,10 @@ def _load_classifier(cls, name: str, kwargs: dict):
             name, cls.__name__, sorted(missing), sorted(info["unexpected_keys"]), info["mismatched_keys"],
         )
     return model
+
+
+def _new_score_head(name: str):
+    logger.info("%s has no score head (it is a language model): a new one is initialised, to be trained.", name)
 
 
 def _use_tokenizer_special_tokens(model, tokenizer):
