@@ -567,6 +567,24 @@ def test_dpo_from_a_chat_model_trains_on_its_template_and_evaluate_reproduces_it
         assert value == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name
 
 
+def test_sft_on_instructions_from_a_chat_model_asks_them_in_its_template_and_evaluate_reproduces_it(chat_sft, tmp_path):
+    """sft_lora.py on instruction rows (the embedded default) from the conversational SFT's merged model: the
+    prompts are the instructions asked in its chat template, as chat.py will ask, and recipes/evaluate.py
+    rebuilds the same prompts from the saved adapter and gives the run's figures."""
+    out = tmp_path / "sft_again"
+    run_recipe("sft_lora", "--model_name_or_path", str(chat_sft / "merged"), "--output_dir", str(out), "--max_steps", "2",
+               "--max_eval_samples", "8", "--learning_rate", "3e-3", "--warmup_steps", "0", "--sample_max_new_tokens", "4", *FAST)
+    prompts = [json.loads(line)["prompt"] for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert prompts and all(p.startswith(f"{IM_START}user\n") and p.endswith(f"{IM_START}assistant\n") for p in prompts)
+    recorded = json.loads((out / "all_results.json").read_text())
+    run_recipe("evaluate", "--model_name_or_path", str(out), "--output_dir", str(tmp_path / "eval"), "--max_eval_samples", "8",
+               "--max_new_tokens", "4")
+    evaluated = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert {"eval_response_loss", "eval_base_response_loss", "eval_rouge_l"} <= set(evaluated)
+    for name, value in evaluated.items():
+        assert value == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name
+
+
 def test_a_reward_model_from_the_chat_sft_adapter_reads_its_template_and_serves_rl(chat_sft, tmp_path, monkeypatch):
     """reward_modeling.py from the conversational SFT adapter: the adapter merged into its base under a new
     score head, the pairs asked in its chat template; recipes/evaluate.py reproduces its pair accuracy, and

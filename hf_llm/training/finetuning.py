@@ -46,14 +46,14 @@ class FinetuningInputs:
 def load_finetuning_inputs(model_args, data_args, training_args, data_kind: str, task: str = "causal-lm") -> FinetuningInputs:
     """Tokenizer, held-out-split data of `data_kind` ("sft" or "preference"), and the model for `task`
     ("causal-lm" or "sequence-classification", one score), fitted to each other by `fit_to_model`; plus the
-    PEFT config of the LoRA flags. Preference prompts are rendered in the tokenizer's chat template when it
-    has one (`instruction_template`). Conversational SFT data gets the tokenizer's chat template ready first
+    PEFT config of the LoRA flags. Instruction prompts (SFT's and preference pairs') are rendered in the
+    tokenizer's chat template when it has one (`instruction_template`). Conversational SFT data gets the tokenizer's chat template ready first
     (`prepare_chat_training`), and the adapter trains the rows of the tokens it added. Sets
     `training_args.max_length` to the limit the trainer must use."""
     load_data, sequences, truncatable_after = DATA_KINDS[data_kind]
     tokenizer = resolve_tokenizer(model_args)
-    # Preference prompts follow the starting model's chat template, if it has one; SFT's, its data and flags.
-    data = load_data(data_args, seed=training_args.seed, tokenizer=tokenizer if data_kind == "preference" else None)
+    # Instructions are prompted in the starting model's chat template, if it has one, as chat.py will ask it.
+    data = load_data(data_args, seed=training_args.seed, tokenizer=tokenizer)
     model = load_model(model_args, task, tokenizer, num_labels=1, trust_remote_code=training_args.trust_remote_code)
     chat_tokens = prepare_chat_training(data, tokenizer, model, training_args)
     data = fit_to_model(data, tokenizer, model, training_args, data_args.too_long, sequences, truncatable_after=truncatable_after)
