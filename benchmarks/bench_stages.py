@@ -19,7 +19,10 @@ Reported per seed:
 
 Verdicts: a stage's gain is "beyond the seeds' noise" when its smallest gain over the seeds exceeds the
 spread of its after-values between seeds (max - min), and, for RL, when every seed's gain is also more
-than twice its paired standard error.
+than twice its paired standard error. DPO's before-value, 0, is a tie on every pair, not a model that
+prefers the rejected answers: a coin would get half the pairs right. So DPO is also judged against that
+chance level: its smallest after-value must exceed 0.5 by more than the spread between seeds, and each
+seed's count of pairs right gets its one-sided binomial p-value against a fair coin.
 """
 
 from __future__ import annotations
@@ -40,8 +43,13 @@ RECIPES = REPO_ROOT / "recipes"
 RESPONSE_LOSS_LIMIT = 0.10  # the RL check without the reward model: within 10% of the SFT model's
 
 
-def run_recipe(name: str, work: Path, *args: str) -> float:
-    """`python recipes/<name>.py ARGS` in `work` (outputs/ there); its wall time in seconds."""
+def run_recipe(name: str, work: Path, *args: str, reuse: bool = False) -> float:
+    """`python recipes/<name>.py ARGS` in `work` (outputs/ there); its wall time in seconds. With `reuse`, a
+    folder that already holds a finished run is kept and its recorded time returned."""
+    folder = Path(args[args.index("--output_dir") + 1]) if "--output_dir" in args else work / "outputs" / name
+    record = folder / "hf_llm_run.json"
+    if reuse and record.is_file() and json.loads(record.read_text()).get("completed"):
+        return json.loads(record.read_text())["seconds"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     result = subprocess.run([sys.executable, str(RECIPES / f"{name}.py"), *args, "--disable_tqdm", "true"],
@@ -80,8 +88,12 @@ def dpo_row(folder: Path, seed: int, seconds: float, extra: list[str]) -> dict:
     found = metrics(folder)
     pairs = held_out_pairs(folder, seed, extra)
     before, after = found["eval_initial_preference_accuracy"], found["eval_preference_accuracy"]
+    right = round(after * pairs)
+    # P(a fair coin gets at least `right` of `pairs` right): how surprising the count is at chance level.
+    p_value = sum(math.comb(pairs, k) for k in range(right, pairs + 1)) / 2**pairs
     return {"seed": seed, "pairs": pairs, "before": before, "after": after, "gain": after - before,
-            "chosen_after": round(after * pairs), "margin_after": found["eval_preference_margin"], "seconds": seconds}
+            "chosen_after": right, "p_value_against_chance": p_value, "margin_after": found["eval_preference_margin"],
+            "seconds": seconds}
 
 
 def rl_row(folder: Path, seed: int, seconds: float) -> dict:
@@ -96,25 +108,30 @@ def rl_row(folder: Path, seed: int, seconds: float) -> dict:
             "response_loss_change": loss_after / loss_before - 1, "seconds": seconds}
 
 
-def verdict(rows: list[dict], paired: bool) -> dict:
+def verdict(rows: list[dict], paired: bool = False, chance: float | None = None) -> dict:
     gains = [row["gain"] for row in rows]
     afters = [row["after"] for row in rows]
     spread = max(afters) - min(afters)
     beyond = min(gains) > spread
     if paired:
         beyond = beyond and all(row["gain"] > 2 * row["paired_standard_error"] for row in rows)
-    return {"mean_gain": statistics.mean(gains), "smallest_gain": min(gains), "spread_between_seeds": spread,
-            "beyond_the_seeds_noise": beyond}
+    found = {"mean_gain": statistics.mean(gains), "smallest_gain": min(gains), "spread_between_seeds": spread,
+             "beyond_the_seeds_noise": beyond}
+    if chance is not None:
+        found["above_chance_beyond_the_seeds_noise"] = min(afters) - chance > spread
+    return found
 
 
 def print_report(dpo: list[dict], rl: list[dict], dpo_verdict: dict, rl_verdict: dict) -> None:
     print("\nDPO: held-out preference accuracy (share of pairs whose implicit reward prefers the chosen answer)")
-    print(f"{'seed':>6} {'pairs':>6} {'before':>8} {'after':>8} {'chosen':>8} {'margin':>8} {'seconds':>8}")
+    print(f"{'seed':>6} {'pairs':>6} {'before':>8} {'after':>8} {'right':>9} {'p(coin)':>8} {'margin':>8} {'seconds':>8}")
     for row in dpo:
         print(f"{row['seed']:>6} {row['pairs']:>6} {row['before']:>8.4f} {row['after']:>8.4f} "
-              f"{row['chosen_after']:>4} of {row['pairs']:<2} {row['margin_after']:>7.4f} {row['seconds']:>8.0f}")
+              f"{row['chosen_after']:>3} of {row['pairs']:<3} {row['p_value_against_chance']:>8.4f} "
+              f"{row['margin_after']:>8.4f} {row['seconds']:>8.0f}")
     print(f"gain: mean {dpo_verdict['mean_gain']:.4f}, smallest {dpo_verdict['smallest_gain']:.4f}; after-values spread "
-          f"{dpo_verdict['spread_between_seeds']:.4f} between seeds: beyond the seeds' noise: {dpo_verdict['beyond_the_seeds_noise']}")
+          f"{dpo_verdict['spread_between_seeds']:.4f} between seeds: beyond the seeds' noise: {dpo_verdict['beyond_the_seeds_noise']}; "
+          f"above a coin's 0.5 by more than that spread: {dpo_verdict['above_chance_beyond_the_seeds_noise']}")
     print("\nRL: the reward model's mean score of greedy answers to held-out prompts (before: the SFT model)")
     print(f"{'seed':>6} {'prompts':>7} {'before':>8} {'after':>8} {'gain':>8} {'+-se':>7} {'kl':>8} "
           f"{'resp.loss':>17} {'change':>7} {'seconds':>8}")
@@ -133,6 +150,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7], help="one DPO and one RL run per seed")
     parser.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one, removed after)")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the finished runs already in --work (e.g. to rerun only the RL runs after deleting them)")
     parser.add_argument("--stage-args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every recipe run (last on the line), e.g. --max_steps 4 for a quick check")
     args = parser.parse_args(argv)
@@ -141,19 +160,18 @@ def main(argv=None) -> int:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         extra = args.stage_args
-        prepare = {"sft_lora": run_recipe("sft_lora", work, *extra),
-                   "reward_modeling": run_recipe("reward_modeling", work, *extra)}
+        prepare = {name: run_recipe(name, work, *extra, reuse=args.reuse) for name in ("sft_lora", "reward_modeling")}
         dpo, rl = [], []
         for seed in args.seeds:
             dpo_folder, rl_folder = work / "outputs" / f"dpo_seed{seed}", work / "outputs" / f"rl_seed{seed}"
-            seconds = run_recipe("dpo", work, "--seed", str(seed), "--output_dir", str(dpo_folder), *extra)
+            seconds = run_recipe("dpo", work, "--seed", str(seed), "--output_dir", str(dpo_folder), *extra, reuse=args.reuse)
             dpo.append(dpo_row(dpo_folder, seed, seconds, extra))
             # Every held-out prompt's answers and rewards go to answers.jsonl, for the paired standard error.
             seconds = run_recipe("rl", work, "--seed", str(seed), "--output_dir", str(rl_folder),
-                                 "--report_examples", "100000", *extra)
+                                 "--report_examples", "100000", *extra, reuse=args.reuse)
             rl.append(rl_row(rl_folder, seed, seconds))
 
-    dpo_verdict, rl_verdict = verdict(dpo, paired=False), verdict(rl, paired=True)
+    dpo_verdict, rl_verdict = verdict(dpo, chance=0.5), verdict(rl, paired=True)
     print_report(dpo, rl, dpo_verdict, rl_verdict)
     if args.json:
         report = {"seeds": args.seeds, "stage_args": extra, "prepare_seconds": prepare, "dpo": dpo, "rl": rl,
