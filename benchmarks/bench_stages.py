@@ -12,7 +12,8 @@ with one process (`python recipes/<name>.py`), on the embedded default, offline.
 Reported per seed:
 - DPO: the share of held-out pairs whose implicit reward prefers the chosen answer, before training
   (every pair a tie, as the policy is its reference) and after, with the pair counts;
-- RL: the reward model's mean score of the greedy answers before (the SFT model) and after, with the
+- RL: the reward model's mean score of the policy's answers before (the SFT model) and after, both of
+  answers sampled as the trainer samples them (4 per prompt) and of the greedy answers, each with the
   standard error of the per-prompt differences (the same prompts before and after: paired); the KL to
   the SFT model; the held-out response loss of the data's own answers (no reward model) and its change,
   which the default settings keep within 10%.
@@ -37,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hf_llm.training.rl import REPORT_SAMPLES  # rl.py's sampled answers per held-out prompt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "recipes"
@@ -96,16 +99,24 @@ def dpo_row(folder: Path, seed: int, seconds: float, extra: list[str]) -> dict:
             "seconds": seconds}
 
 
+def paired(rows: list[dict], key: str) -> tuple[float, float]:
+    """The mean of the per-prompt differences after - before of `key`, and its standard error."""
+    differences = [row[f"{key}_after"] - row[f"{key}_before"] for row in rows]
+    error = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else float("nan")
+    return statistics.mean(differences), error
+
+
 def rl_row(folder: Path, seed: int, seconds: float) -> dict:
     found = metrics(folder)
     rows = [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines()]
-    differences = [row["reward_after"] - row["reward_before"] for row in rows]
-    error = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else float("nan")
     loss_before, loss_after = found["eval_initial_response_loss"], found["eval_response_loss"]
-    return {"seed": seed, "prompts": len(rows), "before": found["eval_initial_reward"], "after": found["eval_reward"],
-            "gain": found["eval_reward"] - found["eval_initial_reward"], "paired_standard_error": error,
-            "kl": found["eval_kl"], "response_loss_before": loss_before, "response_loss_after": loss_after,
-            "response_loss_change": loss_after / loss_before - 1, "seconds": seconds}
+    row = {"seed": seed, "prompts": len(rows), "kl": found["eval_kl"], "response_loss_before": loss_before,
+           "response_loss_after": loss_after, "response_loss_change": loss_after / loss_before - 1, "seconds": seconds}
+    for figure, key in (("sampled_reward", "sampled_reward"), ("reward", "reward")):
+        gain, error = paired(rows, key)
+        row[figure] = {"before": found[f"eval_initial_{figure}"], "after": found[f"eval_{figure}"], "gain": gain,
+                       "paired_standard_error": error}
+    return row
 
 
 def verdict(rows: list[dict], paired: bool = False, chance: float | None = None) -> dict:
@@ -132,17 +143,22 @@ def print_report(dpo: list[dict], rl: list[dict], dpo_verdict: dict, rl_verdict:
     print(f"gain: mean {dpo_verdict['mean_gain']:.4f}, smallest {dpo_verdict['smallest_gain']:.4f}; after-values spread "
           f"{dpo_verdict['spread_between_seeds']:.4f} between seeds: beyond the seeds' noise: {dpo_verdict['beyond_the_seeds_noise']}; "
           f"above a coin's 0.5 by more than that spread: {dpo_verdict['above_chance_beyond_the_seeds_noise']}")
-    print("\nRL: the reward model's mean score of greedy answers to held-out prompts (before: the SFT model)")
-    print(f"{'seed':>6} {'prompts':>7} {'before':>8} {'after':>8} {'gain':>8} {'+-se':>7} {'kl':>8} "
-          f"{'resp.loss':>17} {'change':>7} {'seconds':>8}")
-    for row in rl:
-        print(f"{row['seed']:>6} {row['prompts']:>7} {row['before']:>8.4f} {row['after']:>8.4f} {row['gain']:>8.4f} "
-              f"{row['paired_standard_error']:>7.4f} {row['kl']:>8.4f} {row['response_loss_before']:>8.4f}->"
-              f"{row['response_loss_after']:.4f} {row['response_loss_change']:>+7.1%} {row['seconds']:>8.0f}")
+    for figure, what in (("sampled_reward", f"mean score of {REPORT_SAMPLES} sampled answers per prompt, as the trainer samples"),
+                         ("reward", "score of the greedy answer")):
+        print(f"\nRL: the reward model's {what}, held-out prompts (before: the SFT model)")
+        print(f"{'seed':>6} {'prompts':>7} {'before':>8} {'after':>8} {'gain':>8} {'+-se':>7} {'kl':>8} "
+              f"{'resp.loss':>17} {'change':>7} {'seconds':>8}")
+        for row in rl:
+            cell = row[figure]
+            print(f"{row['seed']:>6} {row['prompts']:>7} {cell['before']:>8.4f} {cell['after']:>8.4f} {cell['gain']:>8.4f} "
+                  f"{cell['paired_standard_error']:>7.4f} {row['kl']:>8.4f} {row['response_loss_before']:>8.4f}->"
+                  f"{row['response_loss_after']:.4f} {row['response_loss_change']:>+7.1%} {row['seconds']:>8.0f}")
+        found = rl_verdict[figure]
+        print(f"gain: mean {found['mean_gain']:.4f}, smallest {found['smallest_gain']:.4f}; after-values spread "
+              f"{found['spread_between_seeds']:.4f} between seeds: beyond the seeds' noise (and 2 standard errors): "
+              f"{found['beyond_the_seeds_noise']}")
     within = all(abs(row["response_loss_change"]) <= RESPONSE_LOSS_LIMIT for row in rl)
-    print(f"gain: mean {rl_verdict['mean_gain']:.4f}, smallest {rl_verdict['smallest_gain']:.4f}; after-values spread "
-          f"{rl_verdict['spread_between_seeds']:.4f} between seeds: beyond the seeds' noise: {rl_verdict['beyond_the_seeds_noise']}; "
-          f"response loss within {RESPONSE_LOSS_LIMIT:.0%} on every seed: {within}")
+    print(f"response loss of the data's answers within {RESPONSE_LOSS_LIMIT:.0%} of the SFT model's on every seed: {within}")
 
 
 def main(argv=None) -> int:
@@ -171,7 +187,8 @@ def main(argv=None) -> int:
                                  "--report_examples", "100000", *extra, reuse=args.reuse)
             rl.append(rl_row(rl_folder, seed, seconds))
 
-    dpo_verdict, rl_verdict = verdict(dpo, chance=0.5), verdict(rl, paired=True)
+    dpo_verdict = verdict(dpo, chance=0.5)
+    rl_verdict = {figure: verdict([row[figure] for row in rl], paired=True) for figure in ("sampled_reward", "reward")}
     print_report(dpo, rl, dpo_verdict, rl_verdict)
     if args.json:
         report = {"seeds": args.seeds, "stage_args": extra, "prepare_seconds": prepare, "dpo": dpo, "rl": rl,

@@ -21,7 +21,7 @@ from hf_llm.training import (
 RECIPE = "rl"  # the name this recipe's runs are recorded under in their output_dir
 DATACLASS_TYPES = (ModelArguments, DataArguments, RunArguments, RLArguments, rl_config_class())
 # The held-out figures of the summary, each with its value before training.
-FIGURES = ("reward", "kl", "response_loss", "response_length")
+FIGURES = ("reward", "sampled_reward", "kl", "response_loss", "response_length")
 
 DEFAULTS = finetuning_defaults(
     "outputs/rl",
@@ -51,14 +51,13 @@ def main(model_args, data_args, run_args, rl_args, training_args):
     prompts, references = list(held_out["prompt"]), list(held_out["completion"])
     report = (trainer.model, inputs.tokenizer, inputs.reward_model, inputs.reward_tokenizer, prompts, references,
               training_args.max_completion_length)
-    before, answers_before, rewards_before = rl_report(*report)
+    before = rl_report(*report)
     metrics = run.train(trainer)
-    after, answers_after, rewards_after = rl_report(*report)
-    metrics.update(report_metrics(before, after, rewards_before, rewards_after))
+    after = rl_report(*report)
+    metrics.update(report_metrics(before.figures, after.figures, before.rewards, after.rewards))
     if trainer.is_world_process_zero():
-        shown = slice(rl_args.report_examples)
-        write_side_by_side(f"{training_args.output_dir}/answers.jsonl", prompts[shown], references[shown],
-                           list(zip(answers_before, rewards_before))[shown], list(zip(answers_after, rewards_after))[shown])
+        write_side_by_side(f"{training_args.output_dir}/answers.jsonl", prompts, references, before, after,
+                           rl_args.report_examples)
 
     run.finish(
         trainer,

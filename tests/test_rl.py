@@ -34,7 +34,7 @@ def assert_evaluate_reproduces(out, stages, eval_dir, metrics):
     run_recipe("evaluate", "--model_name_or_path", str(out), "--reward_model", str(stages / "reward_modeling"),
                "--max_eval_samples", "4", "--max_new_tokens", "16", "--output_dir", str(eval_dir))
     evaluated = json.loads((eval_dir / "eval_results.json").read_text())
-    assert set(evaluated) == {"eval_reward", "eval_kl", "eval_response_length", "eval_response_loss"}
+    assert set(evaluated) == {"eval_reward", "eval_sampled_reward", "eval_kl", "eval_response_length", "eval_response_loss"}
     for name, value in evaluated.items():
         assert value == pytest.approx(metrics[name], rel=1e-6, abs=1e-9), name
 
@@ -92,6 +92,25 @@ def test_the_reward_model_loads_with_its_trained_score_head(stages):
         load_reward_model(str(stages / "sft_lora"))
 
 
+def test_the_reports_sampled_answers_are_drawn_from_fixed_seeds_and_leave_the_training_rng_alone():
+    """The sampled answers of the RL report are the same whenever they are drawn (recipes/evaluate.py redraws
+    them), differ between seeds, and the random numbers training draws next are as if they were never drawn."""
+    from hf_llm import GPTForCausalLM
+    from hf_llm.tokenization import load_tokenizer
+    from hf_llm.training import DEFAULT_BASE_MODEL
+    from hf_llm.training.rl import sampled_answers
+
+    model, tokenizer = GPTForCausalLM.from_pretrained(DEFAULT_BASE_MODEL), load_tokenizer(DEFAULT_BASE_MODEL)
+    torch.manual_seed(123)
+    first = sampled_answers(model, tokenizer, "def ", 4, 12, seed=0)
+    after_drawing = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), after_drawing)
+    assert sampled_answers(model, tokenizer, "def ", 4, 12, seed=0) == first
+    assert len(first) == 4 and len(set(first)) > 1  # sampled, not greedy
+    assert sampled_answers(model, tokenizer, "def ", 4, 12, seed=1) != first
+
+
 def test_the_kl_penalty_cannot_be_switched_off(tmp_path, capsys, stages):
     out = tmp_path / "rl"
     with pytest.raises(SystemExit) as err:
@@ -113,7 +132,7 @@ def test_rl_embedded_default(algorithm, tmp_path, capsys, stages):
     # Before training the adapter is zero: the policy is the reference, so the KL is exactly 0.
     assert metrics["eval_initial_kl"] == 0.0
     assert metrics["eval_kl"] != 0.0  # two steps moved the policy away from it
-    for name in ("reward", "response_loss", "response_length"):
+    for name in ("reward", "sampled_reward", "response_loss", "response_length"):
         assert isinstance(metrics[f"eval_{name}"], float) and isinstance(metrics[f"eval_initial_{name}"], float)
     assert 0.0 <= metrics["eval_win_rate"] <= 1.0
     assert 0 < metrics["eval_initial_response_length"] <= 16 and 0 < metrics["eval_response_length"] <= 16
@@ -132,10 +151,11 @@ def test_rl_embedded_default(algorithm, tmp_path, capsys, stages):
     assert any("rewards/reward_modeling/mean" in entry for entry in steps)
     # Answers side by side, before and after, each with its reward and the data's reference answer.
     rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all({"prompt", "before", "after", "reward_before", "reward_after", "reference"} == set(r) for r in rows)
+    assert len(rows) == 2 and all({"prompt", "before", "after", "reward_before", "reward_after", "sampled_reward_before",
+                                   "sampled_reward_after", "reference"} == set(r) for r in rows)
     # The summary gives each figure with its value before training.
     summary = capsys.readouterr().out
-    for name in ("reward", "kl", "response_loss", "response_length"):
+    for name in ("reward", "sampled_reward", "kl", "response_loss", "response_length"):
         assert re.search(rf"held-out: eval_{name} -?[\d.]+ \(before training: -?[\d.]+\)", summary), name
     card = (out / "README.md").read_text()
     assert "eval_response_loss" in card and algorithm in card

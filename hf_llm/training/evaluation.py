@@ -67,7 +67,7 @@ def load_metric(name: str):
 
 
 @contextmanager
-def _scoring(model):
+def scoring(model):
     """Eval mode and no gradients for the block; the model's previous mode afterwards."""
     was_training = model.training
     model.eval()
@@ -93,7 +93,7 @@ def _summed_nll(model, tokenizer, sequences: list[list[int]], targets: list[list
     from the tokens before it), and how many there were. Sequences are right-padded, so padding comes
     after every real token and a causal model's real positions never see it."""
     nll, counts = [], []
-    with _scoring(model) as device:
+    with scoring(model) as device:
         for start in range(0, len(sequences), batch_size):
             ids = sequences[start : start + batch_size]
             input_ids = _padded(ids, _pad_id(tokenizer), device)
@@ -194,7 +194,7 @@ def reward_scores(reward_model, tokenizer, prompts, answers, *, add_eos: bool = 
     limit = _context(reward_model, max_length)
     texts = [prompt + _with_eos(answer, tokenizer, add_eos) for prompt, answer in zip(prompts, answers)]
     scores = []
-    with _scoring(reward_model) as device:
+    with scoring(reward_model) as device:
         for start in range(0, len(texts), batch_size):
             ids = [row[:limit] for row in tokenizer(texts[start : start + batch_size])["input_ids"]]
             input_ids = _padded(ids, _pad_id(tokenizer), device)
@@ -240,7 +240,7 @@ def preference_accuracy(policy, tokenizer, prompts, chosen, rejected, *, beta: f
 def generate_answers(model, tokenizer, prompts, max_new_tokens: int = 64) -> list[str]:
     """The model's greedy answer to each prompt (`greedy_continuation`: the prompt's end kept within the
     context, at most `max_new_tokens`, special tokens dropped). Deterministic."""
-    with _scoring(model):
+    with scoring(model):
         return [greedy_continuation(model, tokenizer, prompt, max_new_tokens) for prompt in prompts]
 
 
@@ -301,7 +301,8 @@ def held_out_figures(figures, model, tokenizer, data, *, max_length: int | None 
       asked the `reference_prompt` column and the judge scores each answer after the `judge_prompt` column
       where `data` has them (the same questions in each model's own template, `held_out_data`), else `prompt`;
     - rl_report (`prompt`, `completion`; `model` an RL policy, its adapter switched off as reference): rl.py's
-      held-out figures (`rl_report`): eval_reward, eval_kl, eval_response_length and eval_response_loss.
+      held-out figures (`rl_report`): eval_reward, eval_sampled_reward, eval_kl, eval_response_length and
+      eval_response_loss.
 
     `data` is a `datasets.Dataset`; sequences longer than `max_length` (unset: the context) keep their start.
     """
@@ -341,9 +342,9 @@ def held_out_figures(figures, model, tokenizer, data, *, max_length: int | None 
             if reward_model is None:
                 raise RecipeError("The rl_report figures score answers with a reward model: pass --reward_model.")
             prompts, references = _columns(data, figure, "prompt", "completion")
-            report, _, _ = rl_report(model, tokenizer, reward_model, reward_tokenizer or tokenizer, prompts, references,
-                                     max_new_tokens)
-            results.update({f"eval_{name}": value for name, value in report.items()})
+            report = rl_report(model, tokenizer, reward_model, reward_tokenizer or tokenizer, prompts, references,
+                               max_new_tokens)
+            results.update({f"eval_{name}": value for name, value in report.figures.items()})
         else:  # win_rate
             if reward_model is None:
                 raise RecipeError("The win_rate figure needs a reward model to judge the answers: pass --reward_model.")

@@ -11,14 +11,16 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import torch
 
 import yaml
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from .adapters import adapter_disabled, peft_config_for
 from .errors import RecipeError
-from .evaluation import completion_logprobs, generate_answers, load_metric, response_loss, reward_scores
+from .evaluation import completion_logprobs, generate_answers, load_metric, response_loss, reward_scores, scoring
 from .loading import check_vocab_agreement, is_adapter_folder, load_model, refuse_missing_folder, resolve_tokenizer
 from .recipe_data import fit_prompts, load_sft_data
 
@@ -197,19 +199,51 @@ def load_rl_inputs(model_args, data_args, rl_args, training_args) -> RLInputs:
     return RLInputs(tokenizer, model, reward_model, reward_tokenizer, funcs, data, peft_config_for(model, model_args), trainer_class)
 
 
-def rl_report(model, tokenizer, reward_model, reward_tokenizer, prompts, references, max_new_tokens: int):
+# The report's sampled answers: as GRPOTrainer and RLOOTrainer sample by default (temperature 1, no top-k or
+# top-p cut), a few per prompt, each prompt from its own fixed seed, so recipes/evaluate.py draws the same ones.
+REPORT_SAMPLES = 4
+REPORT_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
+class RLReport(NamedTuple):
+    figures: dict  # the held-out figures (see `rl_report`)
+    answers: list[str]  # the greedy answer to each prompt
+    rewards: list[float]  # the reward model's score of each greedy answer
+    sampled_rewards: list[float]  # per prompt, the mean score of its sampled answers
+
+
+def sampled_answers(model, tokenizer, prompt: str, count: int, max_new_tokens: int, seed: int) -> list[str]:
+    """`count` answers to `prompt` sampled as the RL trainers sample (`REPORT_SAMPLING`), from `seed`, without
+    touching the global random state the training draws from."""
+    with torch.random.fork_rng(devices=[]), scoring(model):
+        torch.manual_seed(seed)
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=next(model.parameters()).device)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                num_return_sequences=count, pad_token_id=pad, **REPORT_SAMPLING)
+    return tokenizer.batch_decode(output[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+def rl_report(model, tokenizer, reward_model, reward_tokenizer, prompts, references, max_new_tokens: int) -> RLReport:
     """The held-out figures of the policy `model` (a PEFT model, its adapter the RL one), and its answers:
 
     - reward: the mean reward-model score of its greedy answers (at most `max_new_tokens`);
-    - kl: the KL to the reference (the adapter switched off) per answer token, estimated on those answers:
+    - sampled_reward: the mean score of `REPORT_SAMPLES` answers per prompt sampled as the trainer samples
+      (what RL raises: the expected reward of the policy's answers; greedy answers of a small model are
+      often one repeated line, which a small change of policy does not move);
+    - kl: the KL to the reference (the adapter switched off) per answer token, estimated on the greedy answers:
       sum(log p_policy - log p_reference) / tokens; exactly 0 while the adapter is still zero;
-    - response_length: the mean answer length in tokens;
+    - response_length: the mean greedy answer length in tokens;
     - response_loss: the loss of the held-out `references` (the data's own answers), which does not use the
       reward model: where it rises, the policy is leaving good answers behind to please the reward model.
 
-    Returns (figures, answers, their rewards). Every process may call it (no collectives)."""
+    Every process may call it (no collectives)."""
     answers = generate_answers(model, tokenizer, prompts, max_new_tokens)
     rewards = reward_scores(reward_model, reward_tokenizer, prompts, answers)
+    sampled = []
+    for index, prompt in enumerate(prompts):
+        drawn = sampled_answers(model, tokenizer, prompt, REPORT_SAMPLES, max_new_tokens, seed=index)
+        sampled.append(sum(reward_scores(reward_model, reward_tokenizer, [prompt] * len(drawn), drawn)) / len(drawn))
     # add_eos=False: the answer's own tokens; a cut-off answer has no end-of-text to score.
     policy_logps, lengths = completion_logprobs(model, tokenizer, prompts, answers, add_eos=False)
     with adapter_disabled(model) as disabled:
@@ -218,20 +252,24 @@ def rl_report(model, tokenizer, reward_model, reward_tokenizer, prompts, referen
         reference_logps, _ = completion_logprobs(model, tokenizer, prompts, answers, add_eos=False)
     figures = {
         "reward": sum(rewards) / len(rewards),
+        "sampled_reward": sum(sampled) / len(sampled),
         "kl": (sum(policy_logps) - sum(reference_logps)) / max(sum(lengths), 1),
         "response_length": sum(lengths) / len(lengths),
         "response_loss": response_loss(model, tokenizer, prompts, references)["response_loss"],
     }
-    return figures, answers, rewards
+    return RLReport(figures, answers, rewards, sampled)
 
 
-def write_side_by_side(path, prompts, references, before, after) -> None:
-    """answers.jsonl: per held-out prompt, the answer and its reward before RL (the SFT model) and after,
-    and the data's reference answer."""
+def write_side_by_side(path, prompts, references, before: RLReport, after: RLReport, count: int) -> None:
+    """answers.jsonl, for the first `count` held-out prompts: the greedy answer and its reward before RL (the
+    SFT model) and after, the mean reward of the sampled answers before and after, and the data's reference
+    answer."""
     with open(path, "w") as handle:
-        for prompt, reference, (old, old_reward), (new, new_reward) in zip(prompts, references, before, after):
-            row = {"prompt": prompt, "before": old, "after": new, "reward_before": old_reward,
-                   "reward_after": new_reward, "reference": reference}
+        for i, (prompt, reference) in enumerate(zip(prompts[:count], references[:count])):
+            row = {"prompt": prompt, "before": before.answers[i], "after": after.answers[i],
+                   "reward_before": before.rewards[i], "reward_after": after.rewards[i],
+                   "sampled_reward_before": before.sampled_rewards[i], "sampled_reward_after": after.sampled_rewards[i],
+                   "reference": reference}
             handle.write(json.dumps(row) + "\n")
 
 

@@ -314,10 +314,13 @@ class GPTModel(GPTPreTrainedModel):
         input_shape = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:-1]
         if inputs_embeds is None:
             input_ids = input_ids.view(-1, input_shape[-1])
-            self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         past_length = cache.get_seq_length() if cache is not None else 0
+        if inputs_embeds is None and past_length == 0:
+            # Only a sequence's start is checked for padding: a decoding step feeds each row its newest token,
+            # and a row that has ended gets its end-of-text, which GPT-2's tokenizers also pad with.
+            self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
         length = input_shape[-1]
         self._check_inputs(input_ids, position_ids, past_length, length)
 
