@@ -302,7 +302,7 @@ class EvaluateArguments:
     figures: list[str] | None = field(
         default=None,
         metadata={"help": "Figures to compute: perplexity, response_loss, rouge_l, pairwise_accuracy, preference_accuracy, "
-                  "win_rate, rl_report (rl.py's: reward, KL, answer length, response loss; with --reward_model); unset: those of the recipe that trained the model (its hf_llm_run.json), else what fits the "
+                  "win_rate, rl_report (rl.py's: reward of greedy and of sampled answers, KL, answer length, response loss; with --reward_model); unset: those of the recipe that trained the model (its hf_llm_run.json), else what fits the "
                   "model (a reward model: pairwise_accuracy; an adapter: response_loss; a language model: perplexity), "
                   "plus win_rate with --reward_model."},
     )
