@@ -31,7 +31,7 @@ from transformers.modeling_layers import GenericForSequenceClassification, Gradi
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
@@ -317,9 +317,10 @@ class GPTModel(GPTPreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         past_length = cache.get_seq_length() if cache is not None else 0
-        if inputs_embeds is None and past_length == 0:
-            # Only a sequence's start is checked for padding: a decoding step feeds each row its newest token,
-            # and a row that has ended gets its end-of-text, which GPT-2's tokenizers also pad with.
+        # Only a sequence's start is checked for padding: a decoding step feeds each row its newest token, and
+        # a row that has ended gets its end-of-text, which GPT-2's tokenizers also pad with. (A compiled graph
+        # skips the check, as transformers' does, and must not branch on the cache's length.)
+        if inputs_embeds is None and not is_torchdynamo_compiling() and past_length == 0:
             self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
         length = input_shape[-1]
         self._check_inputs(input_ids, position_ids, past_length, length)
