@@ -27,7 +27,9 @@ from .adapters import adapter_disabled
 from .chat import prompt_completion_view
 from .errors import RecipeError
 from .generation import greedy_continuation
-from .loading import adapter_base, attach_adapter, check_vocab_agreement, is_adapter_folder, load_model, resolve_tokenizer
+from .loading import (
+    adapter_base, attach_adapter, check_vocab_agreement, is_adapter_folder, load_model, resolve_tokenizer, reward_model_in_folder,
+)
 from .outputs import card_eval_results
 from .recipe_data import (
     PAIR_SEQUENCES, blocks_dataset, check_block_size, enforce_length_limit, fit_prompts, measured_as_trained, load_preference_data, load_sft_data,
@@ -390,24 +392,14 @@ def default_figures(name_or_path: str, with_judge: bool = False) -> list[str]:
     record = read_run_file(folder) if folder.is_dir() else None
     figures = list(RECIPE_FIGURES.get((record or {}).get("recipe"), []))
     if not figures:
-        if _is_reward_model(name_or_path):
+        held = reward_model_in_folder(name_or_path)
+        if held is not None and held[0]:
             figures = ["pairwise_accuracy"]
         else:
             figures = ["response_loss"] if is_adapter_folder(name_or_path) else ["perplexity"]
     if with_judge and not {"pairwise_accuracy", "rl_report"} & set(figures):  # rl_report already uses the judge
         figures.append("win_rate")
     return figures
-
-
-def _is_reward_model(name_or_path: str) -> bool:
-    """A sequence classifier: an adapter trained for SEQ_CLS, or a model whose config names such a class."""
-    folder = Path(name_or_path)
-    if is_adapter_folder(name_or_path):
-        return json.loads((folder / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
-    if (folder / "config.json").is_file():
-        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
-        return any(name.endswith("ForSequenceClassification") for name in architectures)
-    return False
 
 
 def process_state():

@@ -138,6 +138,21 @@ def is_adapter_folder(name_or_path: str) -> bool:
     return Path(name_or_path, "adapter_config.json").is_file()
 
 
+def reward_model_in_folder(name_or_path: str) -> tuple[bool, str] | None:
+    """Whether a local folder holds a reward model, a sequence classifier with its score head (an adapter
+    trained for SEQ_CLS, or a model whose config names a *ForSequenceClassification class), and what it
+    holds, for messages ("a CAUSAL_LM adapter", "a GPTForCausalLM"); None where no local folder tells."""
+    folder = Path(name_or_path)
+    if is_adapter_folder(name_or_path):
+        task_type = json.loads((folder / "adapter_config.json").read_text()).get("task_type")
+        return task_type == "SEQ_CLS", f"a {task_type} adapter"
+    if (folder / "config.json").is_file():
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+        is_classifier = any(name.endswith("ForSequenceClassification") for name in architectures)
+        return is_classifier, f"a {', '.join(architectures) or 'model'}"
+    return None
+
+
 def adapter_base(adapter_folder: str) -> str:
     """The base model an adapter folder was trained on: the packaged base copied beside it (`base/`),
     else the base its adapter_config.json names."""

@@ -21,7 +21,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from .adapters import adapter_disabled, peft_config_for
 from .errors import RecipeError
 from .evaluation import completion_logprobs, generate_answers, load_metric, response_loss, reward_scores, scoring
-from .loading import check_vocab_agreement, is_adapter_folder, load_model, refuse_missing_folder, resolve_tokenizer
+from .loading import check_vocab_agreement, load_model, refuse_missing_folder, resolve_tokenizer, reward_model_in_folder
 from .recipe_data import fit_prompts, load_sft_data
 
 # --algorithm: TRL's config (parsed from the flags) and trainer for each.
@@ -125,21 +125,12 @@ def load_reward_model(path: str, trust_remote_code: bool = False, flag: str = "-
 
 
 def _refuse_untrained_score_head(path: str, flag: str):
-    folder = Path(path)
-    if is_adapter_folder(path):
-        config = json.loads((folder / "adapter_config.json").read_text())
-        if config.get("task_type") != "SEQ_CLS":
-            raise RecipeError(
-                f"{flag} {path} holds a {config.get('task_type')} adapter, not a reward model's "
-                f"(SEQ_CLS, with its score head): pass the reward_modeling.py output (default outputs/reward_modeling)."
-            )
-    elif (folder / "config.json").is_file():
-        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
-        if not any(name.endswith("ForSequenceClassification") for name in architectures):
-            raise RecipeError(
-                f"{flag} {path} is a {', '.join(architectures) or 'model'} without a trained "
-                f"score head: pass the reward_modeling.py output (default outputs/reward_modeling)."
-            )
+    found = reward_model_in_folder(path)
+    if found is not None and not found[0]:
+        raise RecipeError(
+            f"{flag} {path} holds {found[1]}, not a reward model's (SEQ_CLS adapter or sequence classifier, with its "
+            f"trained score head): pass the reward_modeling.py output (default outputs/reward_modeling)."
+        )
 
 
 @dataclass
