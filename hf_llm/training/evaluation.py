@@ -80,7 +80,8 @@ def scoring(model):
         model.train(was_training)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
+    """The id padding is written with: the tokenizer's pad token, else its end-of-sequence, else 0."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return 0 if pad is None else pad
 
@@ -98,7 +99,7 @@ def _summed_nll(model, tokenizer, sequences: list[list[int]], targets: list[list
     with scoring(model) as device:
         for start in range(0, len(sequences), batch_size):
             ids = sequences[start : start + batch_size]
-            input_ids = _padded(ids, _pad_id(tokenizer), device)
+            input_ids = _padded(ids, pad_id(tokenizer), device)
             attention = _padded([[1] * len(s) for s in ids], 0, device)
             mask = _padded(targets[start : start + batch_size], 0, device)[:, 1:].double()
             logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
@@ -199,7 +200,7 @@ def reward_scores(reward_model, tokenizer, prompts, answers, *, add_eos: bool = 
     with scoring(reward_model) as device:
         for start in range(0, len(texts), batch_size):
             ids = [row[:limit] for row in tokenizer(texts[start : start + batch_size])["input_ids"]]
-            input_ids = _padded(ids, _pad_id(tokenizer), device)
+            input_ids = _padded(ids, pad_id(tokenizer), device)
             attention = _padded([[1] * len(s) for s in ids], 0, device)
             scores += reward_model(input_ids=input_ids, attention_mask=attention).logits[:, 0].double().tolist()
     return scores

@@ -20,7 +20,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from .adapters import adapter_disabled, peft_config_for
 from .errors import RecipeError
-from .evaluation import completion_logprobs, generate_answers, load_metric, response_loss, reward_scores, scoring
+from .evaluation import completion_logprobs, generate_answers, load_metric, pad_id, response_loss, reward_scores, scoring
 from .loading import check_vocab_agreement, load_model, refuse_missing_folder, resolve_tokenizer, reward_model_in_folder
 from .recipe_data import fit_prompts, load_sft_data
 
@@ -206,12 +206,11 @@ class RLReport(NamedTuple):
 def sampled_answers(model, tokenizer, prompt: str, count: int, max_new_tokens: int, seed: int) -> list[str]:
     """`count` answers to `prompt` sampled as the RL trainers sample (`REPORT_SAMPLING`), from `seed`, without
     touching the global random state the training draws from."""
-    with torch.random.fork_rng(devices=[]), scoring(model):
+    with torch.random.fork_rng(devices=[]), scoring(model) as device:
         torch.manual_seed(seed)
-        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=next(model.parameters()).device)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)
         output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                num_return_sequences=count, pad_token_id=pad, **REPORT_SAMPLING)
+                                num_return_sequences=count, pad_token_id=pad_id(tokenizer), **REPORT_SAMPLING)
     return tokenizer.batch_decode(output[:, ids.shape[1]:], skip_special_tokens=True)
 
 
