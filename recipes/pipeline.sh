@@ -15,10 +15,11 @@ set -euo pipefail
 
 recipes="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 launch=(accelerate launch)
-if ! accelerate env >/dev/null 2>&1; then launch=(python); fi  # accelerate not installed or not set up: one process
-# Without a config of its own, `accelerate launch` runs one process with one CPU thread unless OMP_NUM_THREADS
-# says otherwise: give that one process every core, as `python` does.
-if accelerate env 2>/dev/null | grep -A1 "default config" | grep -q "Not found"; then
+if ! accelerate_env="$(accelerate env 2>/dev/null)"; then
+    launch=(python)  # accelerate not installed or not set up: one process
+elif grep -A1 "default config" <<<"$accelerate_env" | grep -q "Not found"; then
+    # Without a config of its own, `accelerate launch` runs one process with one CPU thread unless
+    # OMP_NUM_THREADS says otherwise: give that one process every core, as `python` does.
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 fi
 
