@@ -366,12 +366,10 @@ def test_chat_under_a_two_process_launch_answers_once_on_the_main_process(chat_s
     import shutil
 
     shutil.copytree(chat_sft, tmp_path / "outputs" / "sft_lora")
+    from test_distributed import launch
+
     stdin = "What is 2 plus 3?\nAnd plus one more?\n"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launched = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29542", str(CHAT), "--max_new_tokens", "6"],
-        input=stdin, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    launched = launch([str(CHAT), "--max_new_tokens", "6"], port=29542, cwd=tmp_path, input=stdin, timeout=300)
     assert answers(launched) == answers(chat("--model_name_or_path", str(chat_sft), "--max_new_tokens", "6", stdin=stdin))
     assert launched.stderr.count("talking with outputs/sft_lora") == 1
     assert "the 1 other launched process ends now" in launched.stderr

@@ -29,16 +29,19 @@ LOSS_RTOL = 1e-5
 WEIGHTS_ATOL = 1e-4
 
 
-def launch(args, *, port: int, config: Path | None = None, timeout=600):
-    """`accelerate launch` with two processes: DDP (`--multi_gpu`), or the given config file. Mixed precision
-    is off: FSDP's bf16 needs a GPU here, and equal arithmetic is what lets DDP and FSDP runs be compared."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def launch(args, *, port: int, config: Path | None = None, timeout=600, cwd: Path = REPO_ROOT, input: str | None = None):  # noqa: A002
+    """`accelerate launch` with two processes: DDP (`--multi_gpu`), or the given config file, from `cwd`, with
+    `input` on standard input; this checkout's hf_llm first on the path. Mixed precision is off: FSDP's bf16
+    needs a GPU here, and equal arithmetic is what lets DDP and FSDP runs be compared."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     how = ["--config_file", str(config)] if config else ["--multi_gpu"]
     command = [
         sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *args,
     ]
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=cwd, env=env, input=input, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_succeeded(result):

@@ -3,12 +3,9 @@ against independent computations, and recipes/evaluate.py reproducing each train
 
 import json
 import math
-import os
 import shutil
 import socket
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -435,13 +432,11 @@ def test_evaluate_refuses_what_it_cannot_compute(tmp_path, capsys):
 def test_recipes_evaluate_under_accelerate_launch_with_two_processes(tmp_path):
     """Both processes compute (no collectives), only the main one writes; nothing hangs. Run as a script,
     recipes/evaluate.py does not shadow the `evaluate` library."""
+    from test_distributed import launch
+
     out = tmp_path / "eval"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-               str(REPO_ROOT / "recipes" / "evaluate.py"), "--output_dir", str(out), "--max_eval_samples", "10", "--block_size", "64"]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = launch([str(REPO_ROOT / "recipes" / "evaluate.py"), "--output_dir", str(out), "--max_eval_samples", "10",
+                     "--block_size", "64"], port=29533)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     assert result.stdout.count("eval_perplexity") == 1  # the table, printed once
     assert json.loads((out / "eval_results.json").read_text())["eval_perplexity"] > 1
