@@ -33,9 +33,9 @@ Example:
 
 ```python
 >>> from hf_llm import GPTConfig, GPTForCausalLM
->>> from hf_llm.lora import inject_lora, print_trainable_parameters, save_adapter
+>>> from hf_llm.lora import LoRASettings, inject_lora, print_trainable_parameters, save_adapter
 >>> model = GPTForCausalLM(GPTConfig(n_embd=64, n_layer=2, n_head=4, vocab_size=100))
->>> model = inject_lora(model, ["c_attn"], r=4, alpha=8)
+>>> model = inject_lora(model, ["c_attn"], LoRASettings(r=4, alpha=8))
 >>> print_trainable_parameters(model)
 trainable params: 2,048 || all params: 174,080 || trainable%: 1.1765
 ```
@@ -50,6 +50,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -80,17 +81,44 @@ def _check_adapter_name(name: str) -> None:
         raise ValueError(f"Adapter name must be a non-empty string without dots, got {name!r}.")
 
 
-def _check_lora_settings(r, alpha, dropout, init_lora_weights) -> None:
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}.")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        raise ValueError(f"LoRA alpha must be a number, got {alpha!r}.")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}.")
-    if init_lora_weights not in (True, False) and not (
-        isinstance(init_lora_weights, str) and init_lora_weights.lower() == "gaussian"
-    ):
-        raise ValueError(f"init_lora_weights must be True, False or 'gaussian', got {init_lora_weights!r}.")
+@dataclass(frozen=True)
+class LoRASettings:
+    """One adapter's settings: what PEFT's `LoraConfig` calls `r`, `lora_alpha`, `lora_dropout`,
+    `init_lora_weights` and `use_rslora`. Checked when made, so a bad value fails before any layer changes.
+
+    Args:
+        r: rank of the update (A is (r, in_features), B is (out_features, r)).
+        alpha: scale numerator; the update is multiplied by `alpha / r` (or `alpha / sqrt(r)` with
+            `use_rslora=True`), so changing r does not change the update's size at init.
+        dropout: dropout on the adapter's input only (the base path sees `x` unchanged).
+        init_lora_weights: `True` (default): A kaiming-uniform(a=sqrt(5)), B zeros, so the layer
+            starts equal to the base layer. `"gaussian"`: A ~ N(0, 1/r), B zeros. `False`: both
+            keep `nn.Linear`'s random init, so the adapter changes outputs from the start (useful
+            in tests, where a zero B would hide mistakes).
+        use_rslora: scale by `alpha / sqrt(r)` (rank-stabilised LoRA) instead of `alpha / r`.
+    """
+
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    init_lora_weights: bool | str = True
+    use_rslora: bool = False
+
+    def __post_init__(self):
+        r, alpha, dropout, init = self.r, self.alpha, self.dropout, self.init_lora_weights
+        if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+            raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}.")
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+            raise ValueError(f"LoRA alpha must be a number, got {alpha!r}.")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}.")
+        if init not in (True, False) and not (isinstance(init, str) and init.lower() == "gaussian"):
+            raise ValueError(f"init_lora_weights must be True, False or 'gaussian', got {init!r}.")
+
+    @property
+    def scaling(self) -> float:
+        """The factor on `B A x`: `alpha / r`, or `alpha / sqrt(r)` with rank-stabilised LoRA."""
+        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
 
 
 class LoRALinear(nn.Module):
@@ -100,16 +128,8 @@ class LoRALinear(nn.Module):
 
     Args:
         base_layer: the linear layer to adapt. It is kept as `self.base_layer` and frozen.
-        r: rank of the update (A is (r, in_features), B is (out_features, r)).
-        alpha: scale numerator; the update is multiplied by `alpha / r` (or `alpha / sqrt(r)` with
-            `use_rslora=True`), so changing r does not change the update's size at init.
-        dropout: dropout on the adapter's input only (the base path sees `x` unchanged).
+        settings: the first adapter's rank, alpha, dropout and initialisation (`LoRASettings`).
         adapter_name: name of the first adapter.
-        init_lora_weights: `True` (default): A kaiming-uniform(a=sqrt(5)), B zeros, so the layer
-            starts equal to the base layer. `"gaussian"`: A ~ N(0, 1/r), B zeros. `False`: both
-            keep `nn.Linear`'s random init, so the adapter changes outputs from the start (useful
-            in tests, where a zero B would hide mistakes).
-        use_rslora: scale by `alpha / sqrt(r)` (rank-stabilised LoRA) instead of `alpha / r`.
 
     Adapter weights live on the base weight's device, in its dtype, except that a float16 or
     bfloat16 base gets float32 adapters (as PEFT does by default): the few trained weights keep
@@ -119,16 +139,7 @@ class LoRALinear(nn.Module):
     inspects `module.weight` keeps working after the layer is wrapped.
     """
 
-    def __init__(
-        self,
-        base_layer: nn.Linear,
-        r: int = 8,
-        alpha: float = 8,
-        dropout: float = 0.0,
-        adapter_name: str = "default",
-        init_lora_weights: bool | str = True,
-        use_rslora: bool = False,
-    ):
+    def __init__(self, base_layer: nn.Linear, settings: LoRASettings = LoRASettings(), adapter_name: str = "default"):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base_layer).__name__}.")
@@ -147,7 +158,7 @@ class LoRALinear(nn.Module):
         self.disabled = False  # set by disable_adapters(): forward returns base_layer(x)
         self.merged_adapter: str | None = None  # the adapter folded into base_layer.weight, if any
         self._weight_before_merge: torch.Tensor | None = None
-        self.add_adapter(adapter_name, r, alpha, dropout, init_lora_weights, use_rslora)
+        self.add_adapter(adapter_name, settings)
         self.set_adapter(adapter_name)
 
     # The base layer's attributes, so `module.weight` etc. still mean the linear map's weight.
@@ -172,26 +183,20 @@ class LoRALinear(nn.Module):
         """Names of the adapters this layer holds."""
         return list(self.lora_A.keys())
 
-    def add_adapter(
-        self,
-        name: str,
-        r: int,
-        alpha: float,
-        dropout: float = 0.0,
-        init_lora_weights: bool | str = True,
-        use_rslora: bool = False,
-    ) -> None:
-        """Add a new adapter (inactive until `set_adapter(name)`); arguments as in the constructor."""
+    def add_adapter(self, name: str, settings: LoRASettings) -> None:
+        """Add a new adapter (inactive until `set_adapter(name)`) with these settings."""
         _check_adapter_name(name)
-        _check_lora_settings(r, alpha, dropout, init_lora_weights)
+        if not isinstance(settings, LoRASettings):
+            raise TypeError(f"settings must be a LoRASettings, got {type(settings).__name__}: LoRASettings(r=..., alpha=...).")
+        r = settings.r
         if name in self.lora_A:
             raise ValueError(f"This layer already has an adapter named {name!r}; choose another adapter_name.")
         weight = self.base_layer.weight
         dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
         lora_A = nn.Linear(self.in_features, r, bias=False, device=weight.device, dtype=dtype)
         lora_B = nn.Linear(r, self.out_features, bias=False, device=weight.device, dtype=dtype)
-        if init_lora_weights is not False:
-            if init_lora_weights is True:
+        if settings.init_lora_weights is not False:
+            if settings.init_lora_weights is True:
                 # nn.Linear's own init (as in the LoRA paper's reference code).
                 nn.init.kaiming_uniform_(lora_A.weight, a=math.sqrt(5))
             else:  # "gaussian"
@@ -200,11 +205,11 @@ class LoRALinear(nn.Module):
             nn.init.zeros_(lora_B.weight)
         self.lora_A[name] = lora_A
         self.lora_B[name] = lora_B
-        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout[name] = nn.Dropout(settings.dropout) if settings.dropout > 0 else nn.Identity()
         self.r[name] = r
-        self.lora_alpha[name] = alpha
-        self.use_rslora[name] = bool(use_rslora)
-        self.scaling[name] = alpha / math.sqrt(r) if use_rslora else alpha / r
+        self.lora_alpha[name] = settings.alpha
+        self.use_rslora[name] = bool(settings.use_rslora)
+        self.scaling[name] = settings.scaling
 
     def set_adapter(self, name: str, trainable: bool = True) -> None:
         """Make `name` the active adapter: only its A and B can require grad (if `trainable`).
@@ -409,16 +414,13 @@ def _state(model: nn.Module) -> dict:
 def inject_lora(
     model: nn.Module,
     target_modules: str | Sequence[str],
-    r: int = 8,
-    alpha: float = 8,
-    dropout: float = 0.0,
+    settings: LoRASettings = LoRASettings(),
     adapter_name: str = "default",
-    init_lora_weights: bool | str = True,
-    use_rslora: bool = False,
     modules_to_save: Sequence[str] | None = None,
     require_every_target: bool = True,
 ) -> nn.Module:
-    """Add a LoRA adapter to the model's matching linear layers, in place, and return the model.
+    """Add a LoRA adapter with these `settings` to the model's matching linear layers, in place, and
+    return the model.
 
     Each `nn.Linear` that `target_modules` selects (see `find_target_modules`) is replaced by a
     `LoRALinear` around it; a layer that already is one gets a further adapter. Afterwards every
@@ -434,7 +436,8 @@ def inject_lora(
     matches `modules_to_save`, or when the adapter name is already in use.
     """
     _check_adapter_name(adapter_name)
-    _check_lora_settings(r, alpha, dropout, init_lora_weights)
+    if not isinstance(settings, LoRASettings):
+        raise TypeError(f"settings must be a LoRASettings, got {type(settings).__name__}: LoRASettings(r=..., alpha=...).")
     if isinstance(model, LoRALinear) or type(model) is nn.Linear:
         raise ValueError("inject_lora adapts layers inside a model; wrap a lone nn.Linear with LoRALinear(layer, ...).")
     targets = find_target_modules(model, target_modules, require_every_target)
@@ -448,14 +451,13 @@ def inject_lora(
         # Remember who was trainable before the first adapter, so unload_lora can put it back.
         state["requires_grad"] = {name: p.requires_grad for name, p in model.named_parameters()}
 
-    settings = dict(r=r, alpha=alpha, dropout=dropout, init_lora_weights=init_lora_weights, use_rslora=use_rslora)
     for name, module in targets.items():
         if isinstance(module, LoRALinear):
-            module.add_adapter(adapter_name, **settings)
+            module.add_adapter(adapter_name, settings)
         else:
-            _replace_module(model, name, LoRALinear(module, adapter_name=adapter_name, **settings))
+            _replace_module(model, name, LoRALinear(module, settings, adapter_name))
     state["adapters"][adapter_name] = dict(
-        settings, target_modules=target_modules, modules_to_save=list(modules_to_save) if modules_to_save else None
+        asdict(settings), target_modules=target_modules, modules_to_save=list(modules_to_save) if modules_to_save else None
     )
 
     model.requires_grad_(False)
@@ -773,11 +775,11 @@ def load_adapter(
         inject_lora(
             model,
             config["target_modules"],
-            r=config["r"],
-            alpha=config["lora_alpha"],
-            dropout=config.get("lora_dropout", 0.0),
+            LoRASettings(
+                r=config["r"], alpha=config["lora_alpha"], dropout=config.get("lora_dropout", 0.0),
+                use_rslora=bool(config.get("use_rslora", False)),
+            ),
             adapter_name=adapter_name,
-            use_rslora=bool(config.get("use_rslora", False)),
             require_every_target=False,  # PEFT loads an adapter if any of its targets exists
         )
     params = {}
@@ -817,6 +819,7 @@ __all__ = [
     "disable_adapters",
     "find_modules_to_save",
     "find_target_modules",
+    "LoRASettings",
     "inject_lora",
     "load_adapter",
     "lora_layers",

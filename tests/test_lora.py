@@ -16,6 +16,7 @@ from hf_llm import GPTConfig, GPTForCausalLM, GPTForSequenceClassification
 from hf_llm import lora
 from hf_llm.lora import (
     LoRALinear,
+    LoRASettings,
     disable_adapters,
     inject_lora,
     load_adapter,
@@ -57,7 +58,7 @@ def peft_and_ours(base: nn.Module, target_modules, r=4, alpha=8, dropout=0.0):
     """
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, init_lora_weights=False)
     theirs = get_peft_model(copy.deepcopy(base), config)
-    ours = inject_lora(copy.deepcopy(base), target_modules, r=r, alpha=alpha, dropout=dropout, init_lora_weights=False)
+    ours = inject_lora(copy.deepcopy(base), target_modules, LoRASettings(r=r, alpha=alpha, dropout=dropout, init_lora_weights=False))
     state = {k.removeprefix("base_model.model."): v for k, v in theirs.state_dict().items()}
     ours.load_state_dict(state, strict=True)
     return theirs, ours
@@ -99,7 +100,7 @@ def test_one_linear_matches_peft():
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(16, 8))
     theirs, _ = peft_and_ours(base, ["0"])
-    ours = LoRALinear(copy.deepcopy(base[0]), r=4, alpha=8, init_lora_weights=False)
+    ours = LoRALinear(copy.deepcopy(base[0]), LoRASettings(r=4, alpha=8, init_lora_weights=False))
     peft_layer = theirs.base_model.model[0]
     ours.load_state_dict(peft_layer.state_dict(), strict=True)
     x = torch.randn(5, 16)
@@ -148,7 +149,7 @@ def test_gpt_matches_peft(targets, capsys):
 def test_124m_parameter_counts_match_peft():
     config = GPTConfig.from_preset("gpt2-124m")
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
-        ours = inject_lora(GPTForCausalLM(config), ["c_attn"], r=4, alpha=8)
+        ours = inject_lora(GPTForCausalLM(config), ["c_attn"], LoRASettings(r=4, alpha=8))
         theirs = get_peft_model(GPTForCausalLM(config), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"]))
     assert trainable_parameters(ours) == (147_456, 124_587_264)
     assert theirs.get_nb_trainable_parameters() == (147_456, 124_587_264)
@@ -165,18 +166,18 @@ def test_124m_parameter_counts_match_peft():
 def test_init_modes():
     torch.manual_seed(0)
     linear, x = nn.Linear(16, 8), torch.randn(4, 16)
-    zero = LoRALinear(copy.deepcopy(linear), r=4, alpha=8)  # init_lora_weights=True
+    zero = LoRALinear(copy.deepcopy(linear), LoRASettings(r=4, alpha=8))  # init_lora_weights=True
     assert torch.equal(zero.lora_B["default"].weight, torch.zeros(8, 4))
     assert zero.lora_A["default"].weight.abs().sum() > 0
     assert torch.equal(zero(x), linear(x))  # B = 0: starts exactly at the base layer
-    gaussian = LoRALinear(nn.Linear(512, 8), r=4, alpha=8, init_lora_weights="gaussian")
+    gaussian = LoRALinear(nn.Linear(512, 8), LoRASettings(r=4, alpha=8, init_lora_weights="gaussian"))
     assert torch.equal(gaussian.lora_B["default"].weight, torch.zeros(8, 4))
     assert abs(gaussian.lora_A["default"].weight.std().item() - 1 / 4) < 0.02
-    random = LoRALinear(copy.deepcopy(linear), r=4, alpha=8, init_lora_weights=False)
+    random = LoRALinear(copy.deepcopy(linear), LoRASettings(r=4, alpha=8, init_lora_weights=False))
     assert random.lora_B["default"].weight.abs().sum() > 0
     assert max_diff(random(x), linear(x)) > 1e-3
     with pytest.raises(ValueError, match="init_lora_weights"):
-        LoRALinear(nn.Linear(4, 4), r=2, alpha=2, init_lora_weights="pissa")
+        LoRALinear(nn.Linear(4, 4), LoRASettings(r=2, alpha=2, init_lora_weights="pissa"))
 
 
 def test_merge_unmerge_unload_and_disable():
@@ -186,7 +187,7 @@ def test_merge_unmerge_unload_and_disable():
     requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
     with torch.no_grad():
         base_logits = base(ids).logits
-    model = inject_lora(copy.deepcopy(base), ALL_PROJECTIONS, r=4, alpha=8, init_lora_weights=False)
+    model = inject_lora(copy.deepcopy(base), ALL_PROJECTIONS, LoRASettings(r=4, alpha=8, init_lora_weights=False))
     layer = model.transformer.h[0].attn.c_attn
     with torch.no_grad():
         adapted = model(ids).logits
@@ -224,8 +225,8 @@ def test_merge_unmerge_unload_and_disable():
 
 
 def test_two_adapters_only_active_one_trains():
-    model = inject_lora(tiny_gpt(), ["c_attn"], r=4, alpha=8, adapter_name="first", init_lora_weights=False)
-    inject_lora(model, ["c_attn", "c_fc"], r=2, alpha=4, adapter_name="second", init_lora_weights=False)
+    model = inject_lora(tiny_gpt(), ["c_attn"], LoRASettings(r=4, alpha=8, init_lora_weights=False), adapter_name="first")
+    inject_lora(model, ["c_attn", "c_fc"], LoRASettings(r=2, alpha=4, init_lora_weights=False), adapter_name="second")
     assert lora.adapter_names(model) == ["first", "second"]
     layer = model.transformer.h[0].attn.c_attn
     assert set(layer.lora_A) == {"first", "second"} and layer.active_adapter == "second"
@@ -250,7 +251,7 @@ def test_two_adapters_only_active_one_trains():
     with pytest.raises(ValueError, match="third"):
         set_adapter(model, "third")
     with pytest.raises(ValueError, match="already exists"):
-        inject_lora(model, ["c_attn"], r=2, alpha=4, adapter_name="first")
+        inject_lora(model, ["c_attn"], LoRASettings(r=2, alpha=4), adapter_name="first")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,7 +301,7 @@ def _assert_adapter_loads_in_peft_stock_and_here(model, base, folder, stock_clas
 
 def test_adapter_trained_here_loads_in_peft_and_stock_gpt2(tmp_path):
     base = tiny_gpt()
-    model = inject_lora(copy.deepcopy(base), ["c_attn", "c_proj"], r=4, alpha=8)
+    model = inject_lora(copy.deepcopy(base), ["c_attn", "c_proj"], LoRASettings(r=4, alpha=8))
     model, losses = _train(model, steps=30)
     assert losses[-1] < losses[0] - 0.2, losses  # 4.57 -> 4.22 with these seeds
 
@@ -355,7 +356,7 @@ def _train_scores(model, steps=10, lr=1e-2):
 def test_modules_to_save_train_save_and_load_like_peft(tmp_path):
     """A reward model: LoRA on c_attn plus the score head trained in full and saved with the adapter."""
     base = tiny_reward_model()
-    model = inject_lora(copy.deepcopy(base), ["c_attn"], r=4, alpha=8, modules_to_save=["score"])
+    model = inject_lora(copy.deepcopy(base), ["c_attn"], LoRASettings(r=4, alpha=8), modules_to_save=["score"])
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], modules_to_save=["score"], task_type="SEQ_CLS")
     # Same trainable count; PEFT's total also counts its trained copy of the score head.
     peft_counts = get_peft_model(copy.deepcopy(base), peft_config).get_nb_trainable_parameters()
@@ -385,7 +386,7 @@ def test_modules_to_save_train_save_and_load_like_peft(tmp_path):
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
-    model = inject_lora(tiny_gpt(), ["c_attn"], r=2, alpha=2)
+    model = inject_lora(tiny_gpt(), ["c_attn"], LoRASettings(r=2, alpha=2))
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -415,14 +416,14 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 def test_missing_target_names_it_and_lists_linear_layers():
     model = tiny_gpt()
     with pytest.raises(ValueError, match=r"q_proj.*c_attn, c_fc, c_proj, lm_head"):
-        inject_lora(model, ["c_attn", "q_proj"], r=4, alpha=8)
+        inject_lora(model, ["c_attn", "q_proj"], LoRASettings(r=4, alpha=8))
     assert not lora.lora_layers(model)  # nothing was changed
     with pytest.raises(ValueError, match="GPTAttention"):
-        inject_lora(model, ["attn"], r=4, alpha=8)
+        inject_lora(model, ["attn"], LoRASettings(r=4, alpha=8))
     with pytest.raises(ValueError, match="not found"):
-        inject_lora(model, r"transformer\.h\.\d+\.attn\.q_proj", r=4, alpha=8)
+        inject_lora(model, r"transformer\.h\.\d+\.attn\.q_proj", LoRASettings(r=4, alpha=8))
     # Regex strings must match whole names, as in PEFT.
-    inject_lora(model, r"transformer\.h\.1\.mlp\.c_.*", r=4, alpha=8)
+    inject_lora(model, r"transformer\.h\.1\.mlp\.c_.*", LoRASettings(r=4, alpha=8))
     assert sorted(lora.lora_layers(model)) == ["transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj"]
 
 
@@ -444,7 +445,7 @@ def test_full_save_of_a_model_with_adapters_injected_loads_back_exactly(tmp_path
     def injected(seed):
         model = tiny_gpt(seed)
         if backend == "hf_llm":
-            inject_lora(model, target_modules=targets, r=4, alpha=8, init_lora_weights=False)
+            inject_lora(model, target_modules=targets, settings=LoRASettings(r=4, alpha=8, init_lora_weights=False))
             return model
         return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)).base_model.model
 
@@ -493,7 +494,7 @@ def test_all_linear_on_a_classifier_leaves_its_head_as_peft_does(tmp_path):
     model = tiny_reward_model()
     theirs = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules="all-linear", task_type="SEQ_CLS"))
     peft_targets = {n.removeprefix("base_model.model.").removesuffix(".lora_A") for n, _ in theirs.named_modules() if n.endswith(".lora_A")}
-    inject_lora(model, target_modules="ALL-LINEAR", r=2, modules_to_save=["score"])
+    inject_lora(model, target_modules="ALL-LINEAR", modules_to_save=["score"], settings=LoRASettings(r=2))
     assert set(lora.lora_layers(model)) == peft_targets and "score" not in peft_targets
     save_adapter(model, tmp_path, task_type="SEQ_CLS")
     PeftModel.from_pretrained(tiny_reward_model(), tmp_path)  # loads: no adapter on the head it cannot find

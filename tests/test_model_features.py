@@ -360,7 +360,7 @@ def test_export_refuses_adapters_and_names_the_fix(tmp_path, capsys):
     from hf_llm import lora
 
     model = GPTForCausalLM(tiny_config()).eval()
-    lora.inject_lora(model, target_modules=["c_attn"], r=2)
+    lora.inject_lora(model, ["c_attn"], lora.LoRASettings(r=2))
     with pytest.raises(ValueError, match="merge_and_unload"):
         export_to_gpt2(model, tmp_path / "out")
     lora.save_adapter(model, tmp_path / "adapter")
