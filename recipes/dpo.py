@@ -16,8 +16,8 @@ margin, and the chosen and rejected log-probabilities.
 from trl import DPOConfig, DPOTrainer
 
 from hf_llm.training import (
-    DataArguments, ModelArguments, RecipeRun, RunArguments, finetuning_defaults, guarded, held_out_figures,
-    load_finetuning_inputs, lora_hyperparameters, recipe_main,
+    DataArguments, ModelArguments, RecipeRun, RunArguments, guarded, held_out_figures, load_finetuning_inputs,
+    lora_hyperparameters, preference_defaults, recipe_main,
 )
 
 RECIPE = "dpo"  # the name this recipe's runs are recorded under in their output_dir
@@ -25,18 +25,13 @@ DATACLASS_TYPES = (ModelArguments, DataArguments, RunArguments, DPOConfig)
 # The held-out figures reported before and after training.
 PAIR_METRICS = ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
 
-DEFAULTS = finetuning_defaults(
+DEFAULTS = preference_defaults(
     "outputs/dpo",
     model_name_or_path="outputs/sft_lora",  # the SFT stage's default output
     lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["c_attn"], lora_task_type="CAUSAL_LM",
-    max_length=256,
-    too_long="drop",
     beta=0.1,
     learning_rate=5e-4,
-    warmup_steps=10,
-    lr_scheduler_type="cosine",
     max_eval_samples=128,
-    eval_on_start=True,  # the held-out figures before the first update: the before of before/after
 )
 
 

@@ -14,25 +14,20 @@ chat template, if it has one), so that the reward model reads what rl.py asks th
 from trl import RewardConfig, RewardTrainer
 
 from hf_llm.training import (
-    DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, finetuning_defaults, guarded,
-    held_out_figures, load_finetuning_inputs, lora_hyperparameters, recipe_main,
+    DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, guarded, held_out_figures,
+    load_finetuning_inputs, lora_hyperparameters, preference_defaults, recipe_main,
 )
 
 RECIPE = "reward_modeling"  # the name this recipe's runs are recorded under in their output_dir
 DATACLASS_TYPES = (ModelArguments, DataArguments, RunArguments, RewardConfig)
 
-DEFAULTS = finetuning_defaults(
+DEFAULTS = preference_defaults(
     "outputs/reward_modeling",
     lora_r=1, lora_alpha=8, lora_dropout=0.4, lora_target_modules=["c_attn"], lora_modules_to_save=["score"],
     lora_task_type="SEQ_CLS",
-    max_length=256,
-    too_long="drop",
     learning_rate=1e-3,
     weight_decay=0.0,
-    warmup_steps=10,
-    lr_scheduler_type="cosine",
     max_eval_samples=256,
-    eval_on_start=True,  # the held-out figures before the first update: the before of before/after
 )
 
 

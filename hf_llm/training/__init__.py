@@ -20,6 +20,7 @@ from .arguments import (
     bf16_available,
     cpu_only,
     finetuning_defaults,
+    preference_defaults,
     recipe_defaults,
 )
 from .callbacks import ExactPairMetricsMixin, SampleGenerationCallback, guarded
@@ -92,6 +93,7 @@ __all__ = [
     "evaluate_saved_model",
     "fit_to_model",
     "finetuning_defaults",
+    "preference_defaults",
     "generate_answers",
     "generate_text",
     "guarded",

@@ -52,6 +52,15 @@ def finetuning_defaults(output_dir: str, **settings) -> dict:
     return recipe_defaults(output_dir, **{**shared, **settings})
 
 
+def preference_defaults(output_dir: str, **settings) -> dict:
+    """`finetuning_defaults` for the recipes trained on preference pairs (reward modelling, DPO): pairs of
+    at most 256 tokens with longer ones dropped, 10 warm-up steps into a cosine decay, and the held-out
+    figures also computed before the first update (the before of the card's before/after); then the
+    recipe's `settings`."""
+    shared = dict(max_length=256, too_long="drop", warmup_steps=10, lr_scheduler_type="cosine", eval_on_start=True)
+    return finetuning_defaults(output_dir, **{**shared, **settings})
+
+
 @dataclass
 class CheckpointArguments:
     """Which checkpoint to load, and how.
