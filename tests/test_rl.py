@@ -1,6 +1,7 @@
 """recipes/rl.py: online RL (GRPO, RLOO) of a LoRA adapter over the SFT model against our reward model."""
 
 import json
+import logging
 import re
 
 import pytest
@@ -167,17 +168,22 @@ def test_rl_embedded_default(algorithm, tmp_path, capsys, stages):
     assert_evaluate_reproduces(out, stages, tmp_path / "eval", metrics)
 
 
-def test_rl_from_a_chat_model_prompts_in_its_template(tmp_path, monkeypatch, stages):
+def test_rl_from_a_chat_model_prompts_in_its_template(tmp_path, monkeypatch, stages, caplog):
     """rl.py from an SFT adapter tuned on conversations: the trainer's prompts are the instructions asked in its
-    chat template, as recipes/chat.py asks them, and recipes/evaluate.py rebuilds the same held-out prompts."""
+    chat template, as recipes/chat.py asks them, and recipes/evaluate.py rebuilds the same held-out prompts.
+    The reward model here was trained on instruction-template prompts, and the run warns that it was."""
     from trl import GRPOTrainer
 
     chat_sft, out = tmp_path / "chat_sft", tmp_path / "rl"
     run_recipe("sft_lora", "--output_dir", str(chat_sft), "--as_messages", "true", "--max_steps", "2", "--max_train_samples", "32",
                "--max_eval_samples", "4", "--sample_max_new_tokens", "4", *FAST)
     trainers = record_trainers(monkeypatch, GRPOTrainer)
-    run_recipe("rl", "--model_name_or_path", str(chat_sft), "--reward_model_name_or_path", str(stages / "reward_modeling"),
-               "--output_dir", str(out), "--max_steps", "1", "--max_train_samples", "32", "--learning_rate", "1e-2", *SHORT, *FAST)
+    with caplog.at_level(logging.WARNING, logger="hf_llm"):
+        run_recipe("rl", "--model_name_or_path", str(chat_sft), "--reward_model_name_or_path", str(stages / "reward_modeling"),
+                   "--output_dir", str(out), "--max_steps", "1", "--max_train_samples", "32", "--learning_rate", "1e-2",
+                   *SHORT, *FAST)
+    (warning,) = [r.getMessage() for r in caplog.records if "format it never saw" in r.getMessage()]
+    assert f"reward_modeling.py --model_name_or_path {chat_sft}" in warning and "trained without one" in warning
     (trainer,) = trainers
     held_out = [json.loads(line)["prompt"] for line in (out / "answers.jsonl").read_text().splitlines()]
     for prompt in list(trainer.train_dataset["prompt"]) + held_out:

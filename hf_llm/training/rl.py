@@ -8,6 +8,7 @@ is that same model with the adapter switched off, so no second copy is held.
 import argparse
 import ast
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from .errors import RecipeError
 from .evaluation import completion_logprobs, generate_answers, load_metric, pad_id, response_loss, reward_scores, scoring
 from .loading import check_vocab_agreement, load_model, refuse_missing_folder, resolve_tokenizer, reward_model_in_folder
 from .recipe_data import fit_prompts, load_sft_data
+
+logger = logging.getLogger("hf_llm")
 
 # --algorithm: TRL's config (parsed from the flags) and trainer for each.
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
@@ -133,6 +136,21 @@ def _refuse_untrained_score_head(path: str, flag: str):
         )
 
 
+def warn_if_prompt_formats_differ(tokenizer, reward_tokenizer, policy_path: str, reward_path: str) -> None:
+    """Warn when the policy is asked in a chat template and the reward model was trained without one, or the
+    other way round: the reward model then scores prompts in a format it never saw, and its scores say little."""
+    policy_chat, reward_chat = tokenizer.chat_template is not None, reward_tokenizer.chat_template is not None
+    if policy_chat == reward_chat:
+        return
+    logger.warning(
+        "The policy (%s) is asked in %s, but the reward model (%s) was trained %s: it will score prompts in a "
+        "format it never saw. Train the reward model from the same SFT run (reward_modeling.py "
+        "--model_name_or_path %s) so both use one format.",
+        policy_path, "a chat template" if policy_chat else "the instruction template", reward_path,
+        "without one" if policy_chat else "in a chat template", policy_path,
+    )
+
+
 @dataclass
 class RLInputs:
     """The loaded pieces of an RL run. `trainer_inputs()` gives them as a TRL GRPO/RLOO trainer's keywords."""
@@ -177,6 +195,8 @@ def load_rl_inputs(model_args, data_args, rl_args, training_args) -> RLInputs:
     data = load_sft_data(data_args, seed=training_args.seed, tokenizer=tokenizer)  # in its chat template, if it has one
     model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=training_args.trust_remote_code)
     reward_model, reward_tokenizer = load_reward_model(rl_args.reward_model_name_or_path, training_args.trust_remote_code)
+    warn_if_prompt_formats_differ(tokenizer, reward_tokenizer, model_args.model_name_or_path,
+                                  rl_args.reward_model_name_or_path)
     context = min(model.config.n_positions, reward_model.config.n_positions)
     room = context - training_args.max_completion_length
     if room < 1:
