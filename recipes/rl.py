@@ -7,7 +7,8 @@ with a KL penalty to that model (the adapter switched off: no second copy is hel
 
 For each prompt the policy samples a few answers, the reward model (reward_modeling.py's output) scores them,
 and each answer is pushed up or down by how it compares with the others for that prompt. The prompts are the
-SFT data's, split as SFT splits them, in the SFT model's chat template if its tokenizer has one. On the held-out prompts, before and after training: the mean reward of
+SFT data's, split as SFT splits them, in the SFT model's chat template if its tokenizer has one (conversations: up
+to their last answer). On the held-out prompts, before and after training: the mean reward of
 greedy answers, the KL to the reference, the answer length, and a check that does not use the reward model
 (the loss of the data's own answers, which rises when the policy games the reward model); answers.jsonl has
 a few answers side by side. --algorithm also chooses the trainer flags taken: `--algorithm rloo --help`.

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -587,7 +588,9 @@ def test_sft_on_instructions_from_a_chat_model_asks_them_in_its_template_and_eva
 def test_a_reward_model_from_the_chat_sft_adapter_reads_its_template_and_serves_rl(chat_sft, tmp_path, monkeypatch, caplog):
     """reward_modeling.py from the conversational SFT adapter: the adapter merged into its base under a new
     score head, the pairs asked in its chat template; recipes/evaluate.py reproduces its pair accuracy, and
-    rl.py (policy: the same SFT adapter) trains against it, its figures reproduced by recipes/evaluate.py."""
+    rl.py (policy: the same SFT adapter, prompts: the SFT run's conversations up to their last answer) trains
+    against it, its figures reproduced by recipes/evaluate.py."""
+    from trl import GRPOTrainer
     from trl import RewardTrainer
 
     from test_recipes import assert_adapter_card_loads_the_saved_adapter, record_trainers
@@ -611,12 +614,21 @@ def test_a_reward_model_from_the_chat_sft_adapter_reads_its_template_and_serves_
     for name, value in evaluated.items():
         assert value == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name
 
-    rl = tmp_path / "rl"
+    rl, data = tmp_path / "rl", ["--dataset_name", str(chat_sft.parent / "conversations.jsonl")]
+    rl_trainers = record_trainers(monkeypatch, GRPOTrainer)
     with caplog.at_level(logging.WARNING, logger="hf_llm"):
         run_recipe("rl", "--model_name_or_path", str(chat_sft), "--reward_model_name_or_path", str(reward),
-                   "--output_dir", str(rl), "--max_steps", "1", "--max_train_samples", "16", *SHORT, *FAST)
+                   "--output_dir", str(rl), "--max_steps", "1", "--max_train_samples", "16", *data, *SHORT, *FAST)
     assert not [r for r in caplog.records if "format it never saw" in r.getMessage()]  # one format: no warning
-    assert_evaluate_reproduces(rl, tmp_path, tmp_path / "eval_rl", json.loads((rl / "all_results.json").read_text()))
+    (rl_trainer,) = rl_trainers
+    # Each conversation of conversations() asked up to its last answer, which is the reference.
+    start, end = re.escape(IM_START), re.escape(IM_END)
+    expected = re.compile(rf"{start}system\nYou add numbers\.{end}\n{start}user\nWhat is (\d+) plus \d+\?{end}\n{start}assistant\n\d+{end}\n"
+                          rf"{start}user\nAnd plus one more\?{end}\n{start}assistant\n")
+    for row in rl_trainer.train_dataset:
+        i = int(expected.fullmatch(row["prompt"]).group(1))
+        assert row["completion"] == str(2 * i + 2)
+    assert_evaluate_reproduces(rl, tmp_path, tmp_path / "eval_rl", json.loads((rl / "all_results.json").read_text()), *data)
 
 
 def test_generate_asks_an_instruction_in_the_chat_template_of_a_model_that_has_one(chat_sft, capsys, monkeypatch):

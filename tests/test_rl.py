@@ -30,10 +30,11 @@ def stage_flags(stages) -> list[str]:
     return ["--model_name_or_path", str(stages / "sft_lora"), "--reward_model_name_or_path", str(stages / "reward_modeling")]
 
 
-def assert_evaluate_reproduces(out, stages, eval_dir, metrics):
-    """recipes/evaluate.py on the saved RL adapter gives the run's held-out figures (SHORT's 4 prompts, 16 tokens)."""
+def assert_evaluate_reproduces(out, stages, eval_dir, metrics, *data_flags):
+    """recipes/evaluate.py on the saved RL adapter gives the run's held-out figures (SHORT's 4 prompts, 16 tokens),
+    given the run's `data_flags`."""
     run_recipe("evaluate", "--model_name_or_path", str(out), "--reward_model", str(stages / "reward_modeling"),
-               "--max_eval_samples", "4", "--max_new_tokens", "16", "--output_dir", str(eval_dir))
+               "--max_eval_samples", "4", "--max_new_tokens", "16", "--output_dir", str(eval_dir), *data_flags)
     evaluated = json.loads((eval_dir / "eval_results.json").read_text())
     assert set(evaluated) == {"eval_reward", "eval_sampled_reward", "eval_kl", "eval_response_length", "eval_response_loss"}
     for name, value in evaluated.items():
@@ -70,6 +71,19 @@ def test_without_the_earlier_stages_the_error_names_the_command_to_run_first(tmp
     assert err.value.code == 2 and "--reward_model_name_or_path outputs/reward_modeling: no such folder" in message
     assert "accelerate launch recipes/reward_modeling.py" in message
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["sft_lora"]  # nothing written
+
+
+def test_conversations_for_a_policy_without_a_chat_template_are_refused_before_anything_is_written(tmp_path, capsys, stages):
+    data = tmp_path / "conversations.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": str(i)}]} for i in range(8)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for flags in (["--dataset_name", str(data)], ["--as_messages", "true"]):
+        with pytest.raises(SystemExit) as err:
+            run_recipe("rl", *stage_flags(stages), "--output_dir", str(tmp_path / "rl"), *flags)
+        message = capsys.readouterr().err
+        assert err.value.code == 2 and "the policy's tokenizer has no chat template to ask them in" in message, message
+        assert "Start from an SFT run on conversations" in message
+    assert not (tmp_path / "rl").exists()
 
 
 def test_the_reward_model_loads_with_its_trained_score_head(stages):

@@ -32,8 +32,8 @@ from .loading import (
 )
 from .outputs import card_eval_results
 from .recipe_data import (
-    PAIR_SEQUENCES, blocks_dataset, check_block_size, enforce_length_limit, fit_prompts, measured_as_trained, load_preference_data, load_sft_data,
-    load_text_corpus, sliding_blocks, token_stream,
+    PAIR_SEQUENCES, blocks_dataset, check_block_size, enforce_length_limit, fit_prompts, measured_as_trained,
+    load_preference_data, load_rl_prompts, load_sft_data, load_text_corpus, sliding_blocks, token_stream,
 )
 
 # The batch size of the scoring forwards: small, so a GPT-2-sized vocabulary's logits fit on a laptop.
@@ -455,7 +455,7 @@ def held_out_data(kind: str, data_args, tokenizer, model, *, seed: int = 42, max
     """
     limit = _context(model, max_length)
     if kind == "prompts":
-        data = DatasetDict(test=load_sft_data(data_args, seed=seed, tokenizer=tokenizer)["test"])
+        data = DatasetDict(test=load_rl_prompts(data_args, seed=seed, tokenizer=tokenizer)["test"])
         data = fit_prompts(data, tokenizer, model, model.config.n_positions - answer_tokens, data_args.too_long or "drop")
         return data["test"], limit
     if kind == "text":

@@ -9,7 +9,7 @@ from datasets import Dataset, DatasetDict
 from .. import data as data_layer
 from .. import stdlib_data
 from ..conversations import is_conversational, to_messages
-from .chat import chat_prompt
+from .chat import chat_prompt, prompt_completion_view
 from .errors import RecipeError
 from .hub_checks import check_hub_name
 from .loading import check_vocab_agreement
@@ -113,6 +113,25 @@ def load_sft_data(data_args, seed: int = 42, tokenizer=None) -> DatasetDict:
         return mapped
 
     return _load_and_split(data_args, seed, to_sft_rows)
+
+
+def load_rl_prompts(data_args, seed: int = 42, tokenizer=None) -> DatasetDict:
+    """rl.py's prompts, each with its reference answer ("completion"): the SFT data, split as SFT splits it.
+    Instructions are asked as `load_sft_data` prompts them; a conversation ("messages") is rendered with the
+    tokenizer's chat template up to its last assistant message, which is the reference answer. Conversations
+    given to a model without a chat template are refused: nothing says how to ask them."""
+    data = load_sft_data(data_args, seed=seed, tokenizer=tokenizer)
+    if "messages" not in data["train"].column_names:
+        return data
+    if tokenizer is None or tokenizer.chat_template is None:
+        given = data_args.dataset_name or "the embedded instructions"
+        why = "--as_messages turns its instructions into conversations" if data_args.as_messages else "it holds conversations"
+        raise RecipeError(
+            f"{given}: {why}, but the policy's tokenizer has no chat template to ask them in. Start from an SFT run "
+            f"on conversations (sft_lora.py --dataset_name ... on messages data, or --as_messages true), whose "
+            f"tokenizer has one, or give instruction or prompt/completion rows."
+        )
+    return DatasetDict({name: prompt_completion_view(split, tokenizer) for name, split in data.items()})
 
 
 def load_preference_data(data_args, seed: int = 42, tokenizer=None) -> DatasetDict:

@@ -23,7 +23,7 @@ from .adapters import adapter_disabled, peft_config_for
 from .errors import RecipeError
 from .evaluation import completion_logprobs, generate_answers, load_metric, pad_id, response_loss, reward_scores, scoring
 from .loading import check_vocab_agreement, load_model, refuse_missing_folder, resolve_tokenizer, reward_model_in_folder
-from .recipe_data import fit_prompts, load_sft_data
+from .recipe_data import fit_prompts, load_rl_prompts
 
 logger = logging.getLogger("hf_llm")
 
@@ -178,7 +178,8 @@ class RLInputs:
 def load_rl_inputs(model_args, data_args, rl_args, training_args) -> RLInputs:
     """Policy (the SFT output merged, with a new LoRA config), reward model and rewards, and the prompts:
     the SFT data's, split as SFT splits them (same seed), so the held-out prompts are ones SFT never trained
-    on, rendered in the policy's chat template when its tokenizer has one (`instruction_template`); the held-out reference answers are the check that does not use the reward model. Prompts too long to
+    on, rendered in the policy's chat template when its tokenizer has one (`load_rl_prompts`); the held-out
+    reference answers are the check that does not use the reward model. Prompts too long to
     leave room for `max_completion_length` new tokens, in the policy's and the reward model's context, are
     dropped or refused (`--too_long`); a prompt cannot be truncated, its end is where the answer starts."""
     config_class, trainer_class = ALGORITHMS[rl_args.algorithm]
@@ -192,7 +193,7 @@ def load_rl_inputs(model_args, data_args, rl_args, training_args) -> RLInputs:
     if data_args.too_long == "truncate":
         raise RecipeError("--too_long truncate: a prompt cannot be cut (its end is where the answer starts); use drop or refuse.")
     tokenizer = resolve_tokenizer(model_args)
-    data = load_sft_data(data_args, seed=training_args.seed, tokenizer=tokenizer)  # in its chat template, if it has one
+    data = load_rl_prompts(data_args, seed=training_args.seed, tokenizer=tokenizer)  # in its chat template, if it has one
     model = load_model(model_args, "causal-lm", tokenizer, trust_remote_code=training_args.trust_remote_code)
     reward_model, reward_tokenizer = load_reward_model(rl_args.reward_model_name_or_path, training_args.trust_remote_code)
     warn_if_prompt_formats_differ(tokenizer, reward_tokenizer, model_args.model_name_or_path,
