@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,9 +26,6 @@ from datasets import Dataset, DatasetDict, Features, Value
 from .folders import looks_like_local_path
 
 logger = logging.getLogger(__name__)
-
-# A prompt template: a text with {instruction} (and {input}), a function of (instruction, input), or None (Alpaca's).
-PromptTemplate = str | Callable[[str, str], str] | None
 
 __all__ = ["ALPACA_PROMPT_TEMPLATE", "ALPACA_PROMPT_TEMPLATE_WITH_INPUT", "DataFormatError", "SCHEMAS", "SUPPORTED_EXTENSIONS",
            "detect_schema", "format_prompt", "load_raw_dataset", "to_preference", "to_prompt_completion", "to_text"]
@@ -354,15 +351,11 @@ def _pick_schema(columns: list[str], source: str, accepted: Sequence[str], who: 
 _PLACEHOLDER = re.compile(r"\{(instruction|input)\}")
 
 
-def format_prompt(instruction: str, input: str = "", template: PromptTemplate = None) -> str:  # noqa: A002 - Alpaca's name
+def format_prompt(instruction: str, input: str = "", template: str | None = None) -> str:  # noqa: A002 - Alpaca's name
     """The prompt for one instruction, ending where the response starts: by default the Alpaca format of the
     "Build a Large Language Model (From Scratch)" book ("### Input:" only for a non-empty input). A custom
     template must contain "{instruction}" (else DataFormatError) and may contain "{input}"; only these two are
-    filled. Without "{input}", a row's input is appended to the instruction after a blank line. `template`
-    may also be a function of (instruction, input) that returns the prompt, such as a chat template's
-    rendering (`hf_llm.training.chat.chat_prompt`)."""
-    if callable(template):
-        return template(instruction, input)
+    filled. Without "{input}", a row's input is appended to the instruction after a blank line, as `to_messages` does."""
     if template is None or template in (ALPACA_PROMPT_TEMPLATE, ALPACA_PROMPT_TEMPLATE_WITH_INPUT):
         template = ALPACA_PROMPT_TEMPLATE_WITH_INPUT if input else ALPACA_PROMPT_TEMPLATE
     elif "{instruction}" not in template:
@@ -374,7 +367,7 @@ def format_prompt(instruction: str, input: str = "", template: PromptTemplate = 
     return _PLACEHOLDER.sub(lambda m: {"instruction": instruction, "input": input}[m.group(1)], template)
 
 
-def _prompts(source: str, table: pa.Table, template: PromptTemplate) -> pa.Array:
+def _prompts(source: str, table: pa.Table, template: str | None) -> pa.Array:
     """The prompt of every instruction/input row."""
     instructions = _strings(source, "instruction", table.column("instruction"), non_empty=True, what="instruction")
     inputs = _strings(source, "input", table.column("input"), required=False, what="input")
@@ -410,7 +403,7 @@ def to_text(ds, text_field: str | None = None, repository_name: str | None = Non
     return Dataset(pa.table({"text": texts.filter(pc.invert(blank))}))
 
 
-def to_prompt_completion(ds, template: PromptTemplate = None) -> Dataset:
+def to_prompt_completion(ds, template: str | None = None) -> Dataset:
     """Map rows to "prompt" and "completion", for supervised fine-tuning: Alpaca rows ("instruction", "output",
     optional "input"; a "text" column is ignored) get `format_prompt(instruction, input, template)` and their
     output; prompt/completion rows stay as they are. No end-of-text is appended: TRL's SFTTrainer appends its
@@ -430,7 +423,7 @@ def to_prompt_completion(ds, template: PromptTemplate = None) -> Dataset:
     return Dataset(pa.table({"prompt": prompts, "completion": completions}))
 
 
-def to_preference(ds, template: PromptTemplate = None, return_dropped: bool = False):
+def to_preference(ds, template: str | None = None, return_dropped: bool = False):
     """Map rows to "prompt", "chosen" and "rejected" (TRL RewardTrainer's explicit-prompt format), for reward models:
     prompt/chosen/rejected as they are; instruction/chosen/rejected (optional input) prompted with `format_prompt`;
     openai/webgpt_comparisons (question {"full_text": ...}, answer_0/1, score_0/1), chosen the higher-scored answer.

@@ -530,6 +530,15 @@ def test_instructions_are_prompted_in_the_chat_template_of_a_model_that_has_one(
                 for i in range(6)}
     for loaded in (load_preference_data(args, tokenizer=tokenizer), load_sft_data(args, tokenizer=tokenizer)):
         assert set(loaded["train"]["prompt"]) | set(loaded["test"]["prompt"]) == expected
+    # The chat template rendered once around "{instruction}" asks exactly as rendering each user message would,
+    # braces in the instruction or input included.
+    from hf_llm.conversations import user_message
+    from hf_llm.data import format_prompt
+    from hf_llm.training.chat import chat_prompt
+
+    for instruction, input_ in (("Print {input} and {instruction}.", "{x}"), ("Add.", ""), ("Add {}", "1 and 2")):
+        assert format_prompt(instruction, input_, chat_prompt(tokenizer)) == tokenizer.apply_chat_template(
+            [user_message(instruction, input_)], tokenize=False, add_generation_prompt=True)
     with pytest.raises(RecipeError, match="--prompt_template .* chat template.* Drop --prompt_template"):
         load_preference_data(DataArguments(dataset_name=str(data), prompt_template="Q: {instruction}\nA: "), tokenizer=tokenizer)
 

@@ -55,15 +55,13 @@ def prompt_completion_view(split, tokenizer):
     return Dataset.from_dict({**kept, "prompt": prompts, "completion": completions})
 
 
-def chat_prompt(tokenizer):
-    """Instruction rows' prompts for a model with a chat template, as a `format_prompt` template: the
-    instruction (and its input) as the user's message (`user_message`, as `to_messages` makes it), rendered up
-    to the assistant's turn opened. An answer that follows, with the tokenizer's end-of-sequence (the
-    template's end-of-turn for ChatML), is the assistant's message as the template renders it."""
-    def render(instruction: str, input: str = "") -> str:  # noqa: A002 - Alpaca's name
-        return tokenizer.apply_chat_template([user_message(instruction, input)], tokenize=False, add_generation_prompt=True)
-
-    return render
+def chat_prompt(tokenizer) -> str:
+    """The prompt template of instruction rows for a model with a chat template: that template rendered around
+    the user's message "{instruction}", up to the assistant's turn opened. `format_prompt` fills it in, with the
+    input after a blank line, as `to_messages` writes the user's message. An answer that follows, with the
+    tokenizer's end-of-sequence (the template's end-of-turn for ChatML), is the assistant's message as the
+    template renders it."""
+    return tokenizer.apply_chat_template([user_message("{instruction}")], tokenize=False, add_generation_prompt=True)
 
 
 class TrainableTokensHeadMixin:

@@ -71,12 +71,16 @@ def load_text_corpus(data_args, seed: int = 42) -> DatasetDict:
     )
 
 
+def has_chat_template(tokenizer) -> bool:
+    return tokenizer is not None and tokenizer.chat_template is not None
+
+
 def instruction_template(data_args, tokenizer=None):
     """The template instruction rows are prompted with: for a model whose tokenizer has a chat template (one
     fine-tuned on conversations), that template (`chat_prompt`: the instruction as the user's message), since
     the model was trained on it and chat.py talks to it with it; else --prompt_template (unset: Alpaca's).
     --prompt_template with a chat template is refused: one of them would be ignored."""
-    if tokenizer is None or tokenizer.chat_template is None:
+    if not has_chat_template(tokenizer):
         return data_args.prompt_template
     if data_args.prompt_template:
         raise RecipeError("--prompt_template formats prompts for an instruction-tuned model, but this model's tokenizer has a "
@@ -109,7 +113,7 @@ def load_sft_data(data_args, seed: int = 42, tokenizer=None) -> DatasetDict:
                         data_args.dataset_name)
         else:
             logger.info("%s: instruction rows, each prompt built with the %s.", data_args.dataset_name, "chat template"
-                        if callable(template) else "--prompt_template given" if template else "Alpaca prompt template")
+                        if has_chat_template(tokenizer) else "--prompt_template given" if template else "Alpaca prompt template")
         return mapped
 
     return _load_and_split(data_args, seed, to_sft_rows)
@@ -123,7 +127,7 @@ def load_rl_prompts(data_args, seed: int = 42, tokenizer=None) -> DatasetDict:
     data = load_sft_data(data_args, seed=seed, tokenizer=tokenizer)
     if "messages" not in data["train"].column_names:
         return data
-    if tokenizer is None or tokenizer.chat_template is None:
+    if not has_chat_template(tokenizer):
         given = data_args.dataset_name or "the embedded instructions"
         why = "--as_messages turns its instructions into conversations" if data_args.as_messages else "it holds conversations"
         raise RecipeError(
@@ -139,7 +143,7 @@ def load_preference_data(data_args, seed: int = 42, tokenizer=None) -> DatasetDi
     prompted with `instruction_template(data_args, tokenizer)`: in the starting model's chat template when its
     `tokenizer` has one; prompts given as such stay as written."""
     template = instruction_template(data_args, tokenizer)
-    if callable(template):
+    if has_chat_template(tokenizer):
         logger.info("Preference prompts: each instruction as the user's message in the model's chat template.")
     if data_args.dataset_name is None:
         splits = stdlib_data.stdlib_preferences()
