@@ -16,8 +16,8 @@ margin, and the chosen and rejected log-probabilities.
 from trl import DPOConfig, DPOTrainer
 
 from hf_llm.training import (
-    DataArguments, ModelArguments, RecipeRun, RunArguments, guarded, held_out_figures, load_finetuning_inputs,
-    lora_hyperparameters, preference_defaults, recipe_main,
+    DataArguments, ModelArguments, RecipeRun, RunArguments, dataset_name, guarded, held_out_figures,
+    load_finetuning_inputs, lora_hyperparameters, preference_defaults, recipe_main,
 )
 
 RECIPE = "dpo"  # the name this recipe's runs are recorded under in their output_dir
@@ -58,7 +58,7 @@ def main(model_args, data_args, run_args, training_args):
         summary="Direct preference optimisation (`recipes/dpo.py`, TRL DPOTrainer) of a LoRA adapter; the reference "
         "model is the base with the adapter switched off.",
         base_model=model_args.model_name_or_path,
-        dataset=data_args.dataset_name or "hf_llm stdlib-preferences (embedded)",
+        dataset=dataset_name(data_args, "preference"),
         tags=["dpo", "trl", "lora", "peft"],
         hyperparameters={**lora_hyperparameters(model_args), "beta": training_args.beta},
         headline={f"eval_{name}": f"eval_initial_{name}" for name in ("preference_accuracy", "preference_margin", *PAIR_METRICS)},

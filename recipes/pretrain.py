@@ -14,8 +14,8 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 
 from hf_llm.training import (
     ArchitectureArguments, DataArguments, ModelArguments, PretrainArguments, RecipeRun, RunArguments,
-    SampleGenerationCallback, TrustArguments, blocks_dataset, check_block_size, check_vocab_agreement, guarded,
-    held_out_figures, load_model, load_text_corpus, recipe_defaults, recipe_main, resolve_tokenizer,
+    SampleGenerationCallback, TrustArguments, blocks_dataset, check_block_size, check_vocab_agreement, dataset_name,
+    guarded, held_out_figures, load_model, load_text_corpus, recipe_defaults, recipe_main, resolve_tokenizer,
 )
 
 RECIPE = "pretrain"  # the name this recipe's runs are recorded under in their output_dir
@@ -84,7 +84,7 @@ def main(model_args, architecture, data_args, pretrain_args, run_args, trust_arg
         title=f"GPT pretrained with hf_llm ({model.config.n_layer} layers, width {model.config.n_embd})",
         summary="A GPT-2-architecture causal language model pretrained with `recipes/pretrain.py`.",
         base_model=None if name in ("scratch", None) or name.startswith("gpt2-") else name,
-        dataset=data_args.dataset_name or "hf_llm stdlib-functions (embedded)",
+        dataset=dataset_name(data_args, "text"),
         tags=["text-generation", "pretraining"],
         hyperparameters={
             **vars(pretrain_args),

@@ -14,8 +14,8 @@ chat template, if it has one), so that the reward model reads what rl.py asks th
 from trl import RewardConfig, RewardTrainer
 
 from hf_llm.training import (
-    DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, guarded, held_out_figures,
-    load_finetuning_inputs, lora_hyperparameters, preference_defaults, recipe_main,
+    DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, dataset_name, guarded,
+    held_out_figures, load_finetuning_inputs, lora_hyperparameters, preference_defaults, recipe_main,
 )
 
 RECIPE = "reward_modeling"  # the name this recipe's runs are recorded under in their output_dir
@@ -51,7 +51,7 @@ def main(model_args, data_args, run_args, training_args):
         summary="A GPT-2-architecture reward model (`score` head on the last token) trained with pairwise loss "
         "by `recipes/reward_modeling.py` (TRL RewardTrainer), LoRA on the backbone and the score head trained in full.",
         base_model=model_args.model_name_or_path,
-        dataset=data_args.dataset_name or "hf_llm stdlib-preferences (embedded)",
+        dataset=dataset_name(data_args, "preference"),
         tags=["reward-model", "trl", "lora", "peft"],
         hyperparameters=lora_hyperparameters(model_args),
         headline={"eval_accuracy": "eval_initial_accuracy", "eval_loss": "eval_initial_loss"},

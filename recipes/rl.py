@@ -15,8 +15,9 @@ a few answers side by side. --algorithm also chooses the trainer flags taken: `-
 """
 
 from hf_llm.training import (
-    DataArguments, ModelArguments, RecipeRun, RLArguments, RunArguments, finetuning_defaults, guarded,
-    lora_hyperparameters, load_rl_inputs, recipe_main, report_metrics, rl_config_class, rl_report, write_side_by_side,
+    DataArguments, ModelArguments, RLArguments, RecipeRun, RunArguments, dataset_name, finetuning_defaults, guarded,
+    load_rl_inputs, lora_hyperparameters, recipe_main, report_metrics, rl_config_class, rl_report,
+    write_side_by_side,
 )
 
 RECIPE = "rl"  # the name this recipe's runs are recorded under in their output_dir
@@ -71,7 +72,7 @@ def main(model_args, data_args, run_args, rl_args, training_args):
         "(the adapter switched off). eval_response_loss is the held-out loss of the data's own answers, a check that "
         "does not use the reward model.",
         base_model=model_args.model_name_or_path,
-        dataset=data_args.dataset_name or "hf_llm stdlib-instructions (embedded), prompts only",
+        dataset=dataset_name(data_args, "prompts"),
         tags=["rl", rl_args.algorithm, "trl", "lora", "peft"],
         hyperparameters={**lora_hyperparameters(model_args), "algorithm": rl_args.algorithm, "beta": training_args.beta,
                          "num_generations": training_args.num_generations,

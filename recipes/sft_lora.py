@@ -15,9 +15,9 @@ held-out answers are generated both ways.
 from trl import SFTConfig, SFTTrainer
 
 from hf_llm.training import (
-    DataArguments, ModelArguments, RecipeRun, RunArguments, TrainableTokensHeadMixin, adapter_disabled, compare_answers,
-    finetuning_defaults, guarded, held_out_figures, load_finetuning_inputs, lora_hyperparameters, prompt_completion_view,
-    recipe_main,
+    DataArguments, ModelArguments, RecipeRun, RunArguments, TrainableTokensHeadMixin, adapter_disabled,
+    compare_answers, dataset_name, finetuning_defaults, guarded, held_out_figures, load_finetuning_inputs,
+    lora_hyperparameters, prompt_completion_view, recipe_main,
 )
 
 RECIPE = "sft_lora"  # the name this recipe's runs are recorded under in their output_dir
@@ -69,7 +69,7 @@ def main(model_args, data_args, run_args, training_args):
         title="LoRA adapter fine-tuned with hf_llm" if model_args.use_peft else "GPT fine-tuned with hf_llm",
         summary="Supervised fine-tuning (`recipes/sft_lora.py`, TRL SFTTrainer); the loss counts response tokens only.",
         base_model=model_args.model_name_or_path,
-        dataset=data_args.dataset_name or "hf_llm stdlib-instructions (embedded)",
+        dataset=dataset_name(data_args, "sft"),
         tags=["lora", "sft", "trl", "peft"] if model_args.use_peft else ["sft", "trl"],
         hyperparameters=lora_hyperparameters(model_args),
         headline={"eval_loss": "eval_base_loss"},

@@ -37,7 +37,7 @@ from .chat import (
 from .compare import compare_answers
 from .errors import RecipeError
 from .evaluation import (
-    completion_logprobs, evaluate_saved_model, generate_answers, held_out_figures, implicit_rewards, load_metric, pairwise_accuracy,
+    completion_logprobs, dataset_name, evaluate_saved_model, generate_answers, held_out_figures, implicit_rewards, load_metric, pairwise_accuracy,
     preference_accuracy, response_loss, reward_scores, rouge_l, text_perplexity, win_rate,
 )
 from .finetuning import FinetuningInputs, load_finetuning_inputs
@@ -85,6 +85,7 @@ __all__ = [
     "check_block_size",
     "check_vocab_agreement",
     "compare_answers",
+    "dataset_name",
     "completion_logprobs",
     "cpu_only",
     "default_chat_model",

@@ -533,6 +533,11 @@ EMBEDDED_DATA = {
 }
 
 
+def dataset_name(data_args, kind: str) -> str:
+    """The data set a card names: --dataset_name, else the embedded one that `kind` of data comes from."""
+    return data_args.dataset_name or EMBEDDED_DATA[kind]
+
+
 def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bool = False) -> dict:
     """What `recipes/evaluate.py` does: load the model (and the judge and reference, if given), rebuild the
     held-out split of each figure's data, compute the figures with `held_out_figures`, and, on the main
@@ -585,6 +590,6 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
     if process_state().is_main_process:
         print(figures_table(results), flush=True)
         write_evaluation(eval_args.output_dir, results, model_name_or_path=path,
-                         dataset=data_args.dataset_name or EMBEDDED_DATA[kinds[0]], task="reward" if reward else "causal_lm",
+                         dataset=dataset_name(data_args, kinds[0]), task="reward" if reward else "causal_lm",
                          model_card=eval_args.model_card)
     return results
