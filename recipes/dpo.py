@@ -16,7 +16,7 @@ margin, and the chosen and rejected log-probabilities.
 from trl import DPOConfig, DPOTrainer
 
 from hf_llm.training import (
-    DataArguments, ModelArguments, RecipeRun, RunArguments, dataset_name, guarded, held_out_figures,
+    DataArguments, ModelArguments, RecipeRun, RunArguments, guarded, held_out_figures,
     load_finetuning_inputs, lora_hyperparameters, preference_defaults, recipe_main,
 )
 
@@ -36,7 +36,7 @@ DEFAULTS = preference_defaults(
 
 
 def main(model_args, data_args, run_args, training_args):
-    run = RecipeRun(RECIPE, training_args, run_args)
+    run = RecipeRun(RECIPE, training_args, run_args, data_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     inputs = load_finetuning_inputs(model_args, data_args, training_args, "preference")
@@ -58,11 +58,11 @@ def main(model_args, data_args, run_args, training_args):
         summary="Direct preference optimisation (`recipes/dpo.py`, TRL DPOTrainer) of a LoRA adapter; the reference "
         "model is the base with the adapter switched off.",
         base_model=model_args.model_name_or_path,
-        dataset=dataset_name(data_args, "preference"),
         tags=["dpo", "trl", "lora", "peft"],
         hyperparameters={**lora_hyperparameters(model_args), "beta": training_args.beta},
         headline={f"eval_{name}": f"eval_initial_{name}" for name in ("preference_accuracy", "preference_margin", *PAIR_METRICS)},
         try_it=f"python recipes/generate.py --model_name_or_path {training_args.output_dir} --instruction \"...\"",
+        evaluation={"max_length": training_args.max_length, "beta": training_args.beta},
     )
 
 

@@ -2,7 +2,7 @@
 
     python recipes/evaluate.py                                        # the embedded default model: perplexity
     python recipes/evaluate.py --model_name_or_path outputs/sft_lora  # response loss (adapter on, off), ROUGE-L
-    accelerate launch recipes/evaluate.py --model_name_or_path outputs/reward_modeling --max_eval_samples 256
+    accelerate launch recipes/evaluate.py --model_name_or_path outputs/reward_modeling
     python recipes/evaluate.py --model_name_or_path outputs/dpo --reward_model outputs/reward_modeling --model_card true
 
 Figures: perplexity of held-out text, response loss on held-out instructions, ROUGE-L of greedy answers
@@ -10,8 +10,9 @@ against the references, pairwise accuracy of a reward model, DPO's preference ac
 the adapter switched off as reference), and the mean reward and win rate of the model's answers against
 a reference model's, judged by --reward_model (each model asked in its own template, a chat template
 or the instruction one, and the judge scoring in its own). By default: those the recipe that trained the
-model reports. The held-out split is rebuilt as that recipe builds it: pass the same data flags (--dataset_name,
---max_eval_samples, ...) and --seed; the figures are then the ones in its all_results.json.
+model reports. The held-out split is rebuilt as that recipe builds it, from the data flags (--dataset_name,
+--max_eval_samples, ...), --seed and settings its run recorded (hf_llm_run.json) unless given here; the figures
+are then the ones in its all_results.json.
 
 The figures are printed as one table and written to --output_dir as eval_results.json; --model_card
 true also writes the model's card there with them as its model-index. The metrics are `evaluate`

@@ -14,7 +14,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 
 from hf_llm.training import (
     ArchitectureArguments, DataArguments, ModelArguments, PretrainArguments, RecipeRun, RunArguments,
-    SampleGenerationCallback, TrustArguments, blocks_dataset, check_block_size, check_vocab_agreement, dataset_name,
+    SampleGenerationCallback, TrustArguments, blocks_dataset, check_block_size, check_vocab_agreement,
     guarded, held_out_figures, load_model, load_text_corpus, recipe_defaults, recipe_main, resolve_tokenizer,
 )
 
@@ -42,7 +42,7 @@ DEFAULTS = recipe_defaults(
 
 
 def main(model_args, architecture, data_args, pretrain_args, run_args, trust_args, training_args):
-    run = RecipeRun(RECIPE, training_args, run_args)
+    run = RecipeRun(RECIPE, training_args, run_args, data_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     corpus = load_text_corpus(data_args, seed=training_args.seed)
@@ -84,7 +84,6 @@ def main(model_args, architecture, data_args, pretrain_args, run_args, trust_arg
         title=f"GPT pretrained with hf_llm ({model.config.n_layer} layers, width {model.config.n_embd})",
         summary="A GPT-2-architecture causal language model pretrained with `recipes/pretrain.py`.",
         base_model=None if name in ("scratch", None) or name.startswith("gpt2-") else name,
-        dataset=dataset_name(data_args, "text"),
         tags=["text-generation", "pretraining"],
         hyperparameters={
             **vars(pretrain_args),
@@ -93,6 +92,7 @@ def main(model_args, architecture, data_args, pretrain_args, run_args, trust_arg
         },
         headline={"eval_loss": None, "eval_perplexity": None},
         try_it=f"python recipes/generate.py --model_name_or_path {training_args.output_dir} --prompt \"def \"",
+        evaluation={"block_size": block_size},  # the held-out blocks' size (recipes/evaluate.py's --block_size)
     )
 
 

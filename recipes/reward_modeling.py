@@ -14,7 +14,7 @@ chat template, if it has one), so that the reward model reads what rl.py asks th
 from trl import RewardConfig, RewardTrainer
 
 from hf_llm.training import (
-    DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, dataset_name, guarded,
+    DataArguments, ExactPairMetricsMixin, ModelArguments, RecipeRun, RunArguments, guarded,
     held_out_figures, load_finetuning_inputs, lora_hyperparameters, preference_defaults, recipe_main,
 )
 
@@ -32,7 +32,7 @@ DEFAULTS = preference_defaults(
 
 
 def main(model_args, data_args, run_args, training_args):
-    run = RecipeRun(RECIPE, training_args, run_args)
+    run = RecipeRun(RECIPE, training_args, run_args, data_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     inputs = load_finetuning_inputs(model_args, data_args, training_args, "preference", task="sequence-classification")
@@ -51,10 +51,10 @@ def main(model_args, data_args, run_args, training_args):
         summary="A GPT-2-architecture reward model (`score` head on the last token) trained with pairwise loss "
         "by `recipes/reward_modeling.py` (TRL RewardTrainer), LoRA on the backbone and the score head trained in full.",
         base_model=model_args.model_name_or_path,
-        dataset=dataset_name(data_args, "preference"),
         tags=["reward-model", "trl", "lora", "peft"],
         hyperparameters=lora_hyperparameters(model_args),
         headline={"eval_accuracy": "eval_initial_accuracy", "eval_loss": "eval_initial_loss"},
+        evaluation={"max_length": training_args.max_length},
     )
 
 

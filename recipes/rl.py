@@ -15,7 +15,7 @@ a few answers side by side. --algorithm also chooses the trainer flags taken: `-
 """
 
 from hf_llm.training import (
-    DataArguments, ModelArguments, RLArguments, RecipeRun, RunArguments, dataset_name, finetuning_defaults, guarded,
+    DataArguments, ModelArguments, RLArguments, RecipeRun, RunArguments, finetuning_defaults, guarded,
     load_rl_inputs, lora_hyperparameters, recipe_main, report_metrics, rl_config_class, rl_report,
     write_side_by_side,
 )
@@ -44,7 +44,7 @@ DEFAULTS = finetuning_defaults(
 
 
 def main(model_args, data_args, run_args, rl_args, training_args):
-    run = RecipeRun(RECIPE, training_args, run_args)
+    run = RecipeRun(RECIPE, training_args, run_args, data_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     inputs = load_rl_inputs(model_args, data_args, rl_args, training_args)
@@ -72,7 +72,6 @@ def main(model_args, data_args, run_args, rl_args, training_args):
         "(the adapter switched off). eval_response_loss is the held-out loss of the data's own answers, a check that "
         "does not use the reward model.",
         base_model=model_args.model_name_or_path,
-        dataset=dataset_name(data_args, "prompts"),
         tags=["rl", rl_args.algorithm, "trl", "lora", "peft"],
         hyperparameters={**lora_hyperparameters(model_args), "algorithm": rl_args.algorithm, "beta": training_args.beta,
                          "num_generations": training_args.num_generations,
@@ -80,6 +79,7 @@ def main(model_args, data_args, run_args, rl_args, training_args):
                          "reward_model": rl_args.reward_model_name_or_path, "reward_funcs": rl_args.reward_funcs},
         headline={f"eval_{name}": f"eval_initial_{name}" for name in FIGURES},
         try_it=f"python recipes/generate.py --model_name_or_path {training_args.output_dir} --instruction \"...\"",
+        evaluation={"max_new_tokens": training_args.max_completion_length, "reward_model": rl_args.reward_model_name_or_path},
     )
 
 

@@ -16,7 +16,7 @@ from trl import SFTConfig, SFTTrainer
 
 from hf_llm.training import (
     DataArguments, ModelArguments, RecipeRun, RunArguments, TrainableTokensHeadMixin, adapter_disabled,
-    compare_answers, dataset_name, finetuning_defaults, guarded, held_out_figures, load_finetuning_inputs,
+    compare_answers, finetuning_defaults, guarded, held_out_figures, load_finetuning_inputs,
     lora_hyperparameters, prompt_completion_view, recipe_main,
 )
 
@@ -40,7 +40,7 @@ DEFAULTS = finetuning_defaults(
 
 
 def main(model_args, data_args, run_args, training_args):
-    run = RecipeRun(RECIPE, training_args, run_args)
+    run = RecipeRun(RECIPE, training_args, run_args, data_args)
 
     # Everything that can fail on bad input runs before the output folder is touched.
     inputs = load_finetuning_inputs(model_args, data_args, training_args, "sft")
@@ -69,10 +69,10 @@ def main(model_args, data_args, run_args, training_args):
         title="LoRA adapter fine-tuned with hf_llm" if model_args.use_peft else "GPT fine-tuned with hf_llm",
         summary="Supervised fine-tuning (`recipes/sft_lora.py`, TRL SFTTrainer); the loss counts response tokens only.",
         base_model=model_args.model_name_or_path,
-        dataset=dataset_name(data_args, "sft"),
         tags=["lora", "sft", "trl", "peft"] if model_args.use_peft else ["sft", "trl"],
         hyperparameters=lora_hyperparameters(model_args),
         headline={"eval_loss": "eval_base_loss"},
+        evaluation={"max_length": training_args.max_length, "max_new_tokens": run_args.sample_max_new_tokens},
         try_it=f"python recipes/chat.py --model_name_or_path {training_args.output_dir}" if inputs.conversational
         else f"python recipes/generate.py --model_name_or_path {training_args.output_dir} --instruction \"...\"",
     )

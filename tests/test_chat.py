@@ -606,7 +606,7 @@ def test_a_reward_model_from_the_chat_sft_adapter_reads_its_template_and_serves_
     from test_rl import SHORT, assert_evaluate_reproduces
 
     trainers = record_trainers(monkeypatch, RewardTrainer)
-    reward = tmp_path / "reward_modeling"  # the name assert_evaluate_reproduces gives the reward model
+    reward = tmp_path / "reward_modeling"
     run_recipe("reward_modeling", "--model_name_or_path", str(chat_sft), "--output_dir", str(reward), "--max_steps", "2",
                "--max_train_samples", "16", "--max_eval_samples", "8", "--learning_rate", "3e-3", *FAST)
     (trainer,) = trainers
@@ -637,7 +637,7 @@ def test_a_reward_model_from_the_chat_sft_adapter_reads_its_template_and_serves_
     for row in rl_trainer.train_dataset:
         i = int(expected.fullmatch(row["prompt"]).group(1))
         assert row["completion"] == str(2 * i + 2)
-    assert_evaluate_reproduces(rl, tmp_path, tmp_path / "eval_rl", json.loads((rl / "all_results.json").read_text()), *data)
+    assert_evaluate_reproduces(rl, tmp_path / "eval_rl", json.loads((rl / "all_results.json").read_text()))
 
 
 def test_generate_asks_an_instruction_in_the_chat_template_of_a_model_that_has_one(chat_sft, capsys, monkeypatch):

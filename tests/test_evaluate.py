@@ -2,7 +2,9 @@
 against independent computations, and recipes/evaluate.py reproducing each training recipe's own figures."""
 
 import json
+import logging
 import math
+import re
 import shutil
 import socket
 import stat
@@ -277,18 +279,26 @@ def assert_same_figures(evaluated: dict, recorded: dict, names):
         assert evaluated[name] == pytest.approx(recorded[name], rel=1e-6, abs=1e-9), name
 
 
-def test_pretrain_figures_reproduced(tmp_path):
+def test_pretrain_figures_reproduced(tmp_path, caplog):
+    """evaluate.py on a run's folder, with no flags, rebuilds the run's held-out data from its record (data
+    flags, seed, block size; all but the defaults here); a flag given on the command line wins."""
     out = tmp_path / "pretrain"
-    data = ["--max_train_samples", "300", "--max_eval_samples", "30"]
-    run_recipe("pretrain", "--output_dir", str(out), "--max_steps", "4", *data, "--n_layer", "1", "--n_embd", "32",
+    run_recipe("pretrain", "--output_dir", str(out), "--max_steps", "4", "--max_train_samples", "300",
+               "--max_eval_samples", "30", "--block_size", "64", "--seed", "7", "--n_layer", "1", "--n_embd", "32",
                "--bpe_vocab_size", "400", "--learning_rate", "3e-3", "--warmup_steps", "0", "--sample_prompts", "def ",
                "--sample_max_new_tokens", "2", *FAST)
     recorded = recipe_metrics(out)
-    evaluated = evaluate_run(out, tmp_path / "eval", *data)
+    with caplog.at_level(logging.INFO, logger="hf_llm"):
+        evaluated = evaluate_run(out, tmp_path / "eval")
     assert set(evaluated) == {"eval_text_loss", "eval_perplexity"}
     assert_same_figures(evaluated, recorded, evaluated)
+    (taken,) = [r.getMessage() for r in caplog.records if "recorded them" in r.getMessage()]
+    assert {"--max_eval_samples 30", "--seed 7", "--block_size 64"} <= set(re.findall(r"--\w+ \S+", taken))
     # The trainer's own held-out loss (a mean over equal blocks) is the same figure, up to float32 sums.
     assert recorded["eval_text_loss"] == pytest.approx(recorded["eval_loss"], rel=1e-5)
+    # Given flags win over the record: other blocks, another figure.
+    other = evaluate_run(out, tmp_path / "eval_other", "--block_size", "32", "--max_eval_samples", "10")
+    assert other["eval_text_loss"] != pytest.approx(evaluated["eval_text_loss"], rel=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +310,7 @@ def sft_run(tmp_path_factory):
 
 def test_sft_figures_reproduced(sft_run, tmp_path):
     recorded = recipe_metrics(sft_run)
-    evaluated = evaluate_run(sft_run, tmp_path / "eval", "--max_eval_samples", "8", "--max_new_tokens", "8")
+    evaluated = evaluate_run(sft_run, tmp_path / "eval")  # --max_eval_samples 8, --max_new_tokens 8: the run's record
     assert set(evaluated) == {"eval_response_loss", "eval_base_response_loss", "eval_rouge_l"}
     assert_same_figures(evaluated, recorded, evaluated)
     assert 0.0 <= evaluated["eval_rouge_l"] <= 1.0
@@ -315,7 +325,7 @@ def test_dpo_figures_reproduced(sft_run, tmp_path):
     run_recipe("dpo", "--model_name_or_path", str(sft_run), "--output_dir", str(out), "--max_steps", "4",
                "--max_eval_samples", "8", "--learning_rate", "5e-3", *FAST)
     recorded = recipe_metrics(out)
-    evaluated = evaluate_run(out, tmp_path / "eval", "--max_eval_samples", "8")
+    evaluated = evaluate_run(out, tmp_path / "eval")  # the held-out data and beta: the run's record
     assert set(evaluated) == {"eval_preference_accuracy", "eval_preference_margin"}
     assert_same_figures(evaluated, recorded, evaluated)
     # One evaluation batch: TRL's accuracy and mean margin are the same implicit-reward figures (TRL sums

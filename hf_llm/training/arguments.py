@@ -332,7 +332,8 @@ class EvaluateArguments:
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate for each answer (rouge_l, win_rate)."})
     answers: int = field(default=8, metadata={"help": "How many held-out prompts are answered (rouge_l, win_rate)."})
     batch_size: int = field(default=8, metadata={"help": "Examples per scoring forward."})
-    seed: int = field(default=42, metadata={"help": "The training run's seed: it chose the held-out split."})
+    seed: int = field(default=42, metadata={"help": "The training run's seed: it chose the held-out split (a run's "
+                                            "folder: unset takes the seed its record keeps)."})
     output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where eval_results.json (and README.md) are written."})
     model_card: bool = field(
         default=False,

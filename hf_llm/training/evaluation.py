@@ -11,9 +11,11 @@ its forward) and the main one keeps the result.
 reports for a saved model: the same code, so the same numbers.
 """
 
+import dataclasses
 import functools
 import importlib
 import json
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -35,6 +37,8 @@ from .recipe_data import (
     PAIR_SEQUENCES, blocks_dataset, check_block_size, enforce_length_limit, fit_prompts, measured_as_trained,
     load_preference_data, load_rl_prompts, load_sft_data, load_text_corpus, sliding_blocks, token_stream,
 )
+
+logger = logging.getLogger("hf_llm")
 
 # The batch size of the scoring forwards: small, so a GPT-2-sized vocabulary's logits fit on a laptop.
 BATCH_SIZE = 8
@@ -538,6 +542,41 @@ def dataset_name(data_args, kind: str) -> str:
     return data_args.dataset_name or EMBEDDED_DATA[kind]
 
 
+def recipe_data_kind(recipe: str) -> str:
+    """The kind of held-out data a training recipe reports on ("text", "sft", "preference" or "prompts")."""
+    return FIGURE_DATA[RECIPE_FIGURES[recipe][0]]
+
+
+def run_settings(data_args, seed: int, **settings) -> dict:
+    """What a run records for recipes/evaluate.py to rebuild its held-out figures: the data flags, the seed (it
+    chose the split), and the recipe's `settings` that its figures used, named as evaluate.py's flags
+    (max_length, max_new_tokens, beta, block_size)."""
+    data = {name: value for name, value in dataclasses.asdict(data_args).items() if name != "max_train_samples"}  # not held out
+    return {"data": data, "seed": seed, **settings}
+
+
+def take_run_settings(name_or_path: str, eval_args, data_args) -> dict:
+    """For a training run's folder: each data flag and evaluation setting left at recipes/evaluate.py's default
+    takes the value the run recorded (`run_settings`, in its hf_llm_run.json), so the held-out figures are the
+    run's own; a flag given on the command line wins. Changes the arguments in place; returns what it took."""
+    from .arguments import DataArguments, EvaluateArguments
+    from .output_dir import read_run_file
+
+    recorded = (read_run_file(name_or_path) or {}).get("evaluation") if Path(name_or_path).is_dir() else None
+    if not recorded:
+        return {}
+    # recipes/evaluate.py's defaults: DataArguments' own, except --too_long (unset: each recipe's policy).
+    data_defaults = {**dataclasses.asdict(DataArguments()), "too_long": None}
+    eval_defaults = dataclasses.asdict(EvaluateArguments())
+    taken = {}
+    for args, defaults, values in ((data_args, data_defaults, recorded.get("data", {})), (eval_args, eval_defaults, recorded)):
+        for name, value in values.items():
+            if name in defaults and getattr(args, name) == defaults[name] and value != defaults[name]:
+                setattr(args, name, value)
+                taken[name] = value
+    return taken
+
+
 def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bool = False) -> dict:
     """What `recipes/evaluate.py` does: load the model (and the judge and reference, if given), rebuild the
     held-out split of each figure's data, compute the figures with `held_out_figures`, and, on the main
@@ -552,6 +591,9 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
     from .arguments import ModelArguments
 
     path = model_args.model_name_or_path
+    if taken := take_run_settings(path, eval_args, data_args):
+        logger.info("Held-out data and settings as the run in %s recorded them: %s", path,
+                    " ".join(f"--{name} {value}" for name, value in taken.items()))
     figures = list(eval_args.figures or default_figures(path, with_judge=eval_args.reward_model is not None))
     unknown = [name for name in figures if name not in FIGURE_DATA]
     if unknown:

@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from .callbacks import perplexity
 from .errors import RecipeError
+from .evaluation import dataset_name, recipe_data_kind, run_settings
 from .hub_checks import check_push_possible
 from .output_dir import mark_run, prepare_output_dir
 from .loading import is_adapter_folder
@@ -38,11 +39,12 @@ class RecipeRun(TrainerCallback):
     the run complete and pushes once.
     """
 
-    def __init__(self, recipe: str, training_args, run_args):
+    def __init__(self, recipe: str, training_args, run_args, data_args):
         from transformers import set_seed
 
         self.recipe = recipe
         self.run_args = run_args
+        self.data_args = data_args  # named on the card, and recorded so that recipes/evaluate.py rebuilds the held-out split
         self.started = time.monotonic()
         _setup_logging(training_args)
         set_seed(training_args.seed)
@@ -86,8 +88,8 @@ class RecipeRun(TrainerCallback):
         return {f"eval_initial_{name}": start[f"eval_{name}"] for name in names if f"eval_{name}" in start}
 
     def finish(self, trainer, metrics: dict, *, task: str, title: str, summary: str, base_model: str | None,
-               dataset: str, tags: list[str], hyperparameters: dict | None = None,
-               headline: dict[str, str | None] | None = None, try_it: str | None = None, lm_loss: bool = True):
+               tags: list[str], hyperparameters: dict | None = None, headline: dict[str, str | None] | None = None,
+               try_it: str | None = None, lm_loss: bool = True, evaluation: dict | None = None):
         """Save the trained model or adapter (every process: FSDP and DeepSpeed gather shards there), then
         on the main process: the merged model (`--merge_adapter`), metrics and trainer state, the loss
         plot, the model card; mark the run complete; push once; print the run's summary.
@@ -95,7 +97,9 @@ class RecipeRun(TrainerCallback):
         `task` is "causal_lm" (the eval loss is also reported as perplexity, if `lm_loss`: it is the
         next-token loss) or "reward". `headline` maps
         the summary's held-out figures to the metric holding their value before training (or None);
-        `try_it` is the command that tries the result.
+        `try_it` is the command that tries the result. The run record keeps what recipes/evaluate.py needs to
+        rebuild the held-out figures: the data flags, the seed, and `evaluation`, the settings (named as
+        evaluate.py's flags) the recipe's figures used.
         """
         output_dir = Path(trainer.args.output_dir)
         trainer.save_model(str(output_dir))
@@ -118,7 +122,7 @@ class RecipeRun(TrainerCallback):
             title=title,
             summary=summary,
             base_model=base_model,
-            datasets=[dataset],
+            datasets=[dataset_name(self.data_args, recipe_data_kind(self.recipe))],
             hyperparameters={**_pick(trainer.args.to_dict(), TRAINING_KEYS), **(hyperparameters or {})},
             results={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             tags=tags,
@@ -130,7 +134,8 @@ class RecipeRun(TrainerCallback):
         )
         _scrub_secrets(output_dir)
         # The figures and their before-values, as the summary shows them: what the stage table of a pipeline reads.
-        mark_run(output_dir, self.recipe, completed=True, headline=headline or {}, seconds=round(time.monotonic() - self.started))
+        mark_run(output_dir, self.recipe, completed=True, headline=headline or {}, seconds=round(time.monotonic() - self.started),
+                 evaluation=run_settings(self.data_args, trainer.args.seed, **(evaluation or {})))
         push_error = self._push(output_dir) if self.push["push"] else None
         print(self.summary(output_dir, metrics, headline or {}, try_it), flush=True)
         if push_error:
