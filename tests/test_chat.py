@@ -657,7 +657,7 @@ def test_generate_asks_an_instruction_in_the_chat_template_of_a_model_that_has_o
     assert err.value.code == 2 and "chat template" in message and "Drop --prompt_template" in message
 
 
-def test_win_rate_asks_each_model_in_its_own_template(chat_sft, tmp_path, monkeypatch):
+def test_win_rate_asks_each_model_in_its_own_template(chat_sft, tmp_path, monkeypatch, capsys):
     """evaluate.py --figures win_rate rouge_l on the conversational SFT adapter: it is asked (and its ROUGE-L answers
     given) in its chat template; the reference, the packaged base with its own tokenizer (no chat template, two
     tokens fewer), in the Alpaca template; the judge, a reward model without a chat template, scores each answer
@@ -689,3 +689,9 @@ def test_win_rate_asks_each_model_in_its_own_template(chat_sft, tmp_path, monkey
         assert chat.removeprefix(f"{IM_START}user\n").split(IM_END)[0].split("\n")[0] in alpaca  # the same question
     assert rouge == policy
     assert scored == [reference, reference]  # the judge reads the Alpaca prompts, as it was trained
+    # Conversations cannot be put to a reference without a chat template: refused, naming the fix.
+    with pytest.raises(SystemExit) as err:
+        run_recipe("evaluate", "--model_name_or_path", str(chat_sft), "--figures", "win_rate", "--reward_model", str(judge),
+                   "--reference_model", DEFAULT_BASE_MODEL, "--output_dir", str(tmp_path / "eval_conversations"),
+                   "--dataset_name", str(chat_sft.parent / "conversations.jsonl"), "--max_eval_samples", "2")
+    assert err.value.code == 2 and "has no chat template to ask them in" in capsys.readouterr().err

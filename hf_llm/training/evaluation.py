@@ -11,6 +11,7 @@ its forward) and the main one keeps the result.
 reports for a saved model: the same code, so the same numbers.
 """
 
+import copy
 import dataclasses
 import functools
 import importlib
@@ -35,7 +36,7 @@ from .loading import (
 from .outputs import card_eval_results
 from .recipe_data import (
     PAIR_SEQUENCES, blocks_dataset, check_block_size, enforce_length_limit, fit_prompts, measured_as_trained,
-    load_preference_data, load_rl_prompts, load_sft_data, load_text_corpus, sliding_blocks, token_stream,
+    has_chat_template, load_preference_data, load_rl_prompts, load_sft_data, load_text_corpus, sliding_blocks, token_stream,
 )
 
 logger = logging.getLogger("hf_llm")
@@ -485,6 +486,9 @@ def _asked_by(tokenizer, data_args, seed: int, test) -> list[str]:
     """The held-out SFT prompts of `test` as the model of `tokenizer` is asked them: rebuilt in its template
     (same seed, same rows); conversations rendered with its chat template."""
     if "messages" in test.column_names:
+        if not has_chat_template(tokenizer):
+            raise RecipeError("win_rate on conversations: the reference model or the judge has no chat template to ask "
+                              "them in. Give ones whose tokenizers have one, or instruction data (--dataset_name).")
         return prompt_completion_view(test, tokenizer)["prompt"]
     return load_sft_data(data_args, seed=seed, tokenizer=tokenizer)["test"]["prompt"]
 
@@ -555,26 +559,30 @@ def run_settings(data_args, seed: int, **settings) -> dict:
     return {"data": data, "seed": seed, **settings}
 
 
-def take_run_settings(name_or_path: str, eval_args, data_args) -> dict:
-    """For a training run's folder: each data flag and evaluation setting left at recipes/evaluate.py's default
-    takes the value the run recorded (`run_settings`, in its hf_llm_run.json), so the held-out figures are the
-    run's own; a flag given on the command line wins. Changes the arguments in place; returns what it took."""
+def take_run_settings(name_or_path: str, eval_args, data_args):
+    """For a training run's folder: each evaluation setting left at recipes/evaluate.py's default takes the
+    value the run recorded (`run_settings`, in its hf_llm_run.json), and so does each data flag, for the run's
+    own kind of held-out data only, so that the run's figures are rebuilt from its own held-out rows; a flag
+    given on the command line wins. Changes `eval_args` in place. Returns (the data arguments for that kind,
+    the kind or None, what was taken)."""
     from .arguments import DataArguments, EvaluateArguments
     from .output_dir import read_run_file
 
-    recorded = (read_run_file(name_or_path) or {}).get("evaluation") if Path(name_or_path).is_dir() else None
-    if not recorded:
-        return {}
+    record = (read_run_file(name_or_path) or {}) if Path(name_or_path).is_dir() else {}
+    recorded = record.get("evaluation")
+    if not recorded or record.get("recipe") not in RECIPE_FIGURES:
+        return data_args, None, {}
+    run_data = copy.copy(data_args)
     # recipes/evaluate.py's defaults: DataArguments' own, except --too_long (unset: each recipe's policy).
     data_defaults = {**dataclasses.asdict(DataArguments()), "too_long": None}
     eval_defaults = dataclasses.asdict(EvaluateArguments())
     taken = {}
-    for args, defaults, values in ((data_args, data_defaults, recorded.get("data", {})), (eval_args, eval_defaults, recorded)):
+    for args, defaults, values in ((run_data, data_defaults, recorded.get("data", {})), (eval_args, eval_defaults, recorded)):
         for name, value in values.items():
             if name in defaults and getattr(args, name) == defaults[name] and value != defaults[name]:
                 setattr(args, name, value)
                 taken[name] = value
-    return taken
+    return run_data, recipe_data_kind(record["recipe"]), taken
 
 
 def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bool = False) -> dict:
@@ -591,9 +599,12 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
     from .arguments import ModelArguments
 
     path = model_args.model_name_or_path
-    if taken := take_run_settings(path, eval_args, data_args):
+    # The run's own figures (no --figures): rebuilt from the data and settings its record keeps.
+    run_data, run_kind, taken = (data_args, None, {}) if eval_args.figures else take_run_settings(path, eval_args, data_args)
+    if taken:
         logger.info("Held-out data and settings as the run in %s recorded them: %s", path,
                     " ".join(f"--{name} {value}" for name, value in taken.items()))
+    data_for = {run_kind: run_data}
     figures = list(eval_args.figures or default_figures(path, with_judge=eval_args.reward_model is not None))
     unknown = [name for name in figures if name not in FIGURE_DATA]
     if unknown:
@@ -621,7 +632,7 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
 
     results, kinds = {}, list(dict.fromkeys(FIGURE_DATA[name] for name in figures))
     for kind in kinds:
-        data, limit = held_out_data(kind, data_args, tokenizer, model, seed=eval_args.seed, max_length=eval_args.max_length,
+        data, limit = held_out_data(kind, data_for.get(kind, data_args), tokenizer, model, seed=eval_args.seed, max_length=eval_args.max_length,
                                     block_size=eval_args.block_size, answer_tokens=eval_args.max_new_tokens,
                                     prompts_for=prompts_for if "win_rate" in figures else None)
         results.update(held_out_figures(
@@ -632,6 +643,6 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
     if process_state().is_main_process:
         print(figures_table(results), flush=True)
         write_evaluation(eval_args.output_dir, results, model_name_or_path=path,
-                         dataset=dataset_name(data_args, kinds[0]), task="reward" if reward else "causal_lm",
+                         dataset=dataset_name(data_for.get(kinds[0], data_args), kinds[0]), task="reward" if reward else "causal_lm",
                          model_card=eval_args.model_card)
     return results
