@@ -600,7 +600,7 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
 
     path = model_args.model_name_or_path
     # The run's own figures (no --figures): rebuilt from the data and settings its record keeps.
-    run_data, run_kind, taken = (data_args, None, {}) if eval_args.figures else take_run_settings(path, eval_args, data_args)
+    run_data, run_kind, taken = take_run_settings(path, eval_args, data_args) if not eval_args.figures else (data_args, None, {})
     if taken:
         logger.info("Held-out data and settings as the run in %s recorded them: %s", path,
                     " ".join(f"--{name} {value}" for name, value in taken.items()))
@@ -632,8 +632,9 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
 
     results, kinds = {}, list(dict.fromkeys(FIGURE_DATA[name] for name in figures))
     for kind in kinds:
-        data, limit = held_out_data(kind, data_for.get(kind, data_args), tokenizer, model, seed=eval_args.seed, max_length=eval_args.max_length,
-                                    block_size=eval_args.block_size, answer_tokens=eval_args.max_new_tokens,
+        data, limit = held_out_data(kind, data_for.get(kind, data_args), tokenizer, model, seed=eval_args.seed,
+                                    max_length=eval_args.max_length, block_size=eval_args.block_size,
+                                    answer_tokens=eval_args.max_new_tokens,
                                     prompts_for=prompts_for if "win_rate" in figures else None)
         results.update(held_out_figures(
             [name for name in figures if FIGURE_DATA[name] == kind], model, tokenizer, data, max_length=limit,
@@ -643,6 +644,6 @@ def evaluate_saved_model(model_args, eval_args, data_args, trust_remote_code: bo
     if process_state().is_main_process:
         print(figures_table(results), flush=True)
         write_evaluation(eval_args.output_dir, results, model_name_or_path=path,
-                         dataset=dataset_name(data_for.get(kinds[0], data_args), kinds[0]), task="reward" if reward else "causal_lm",
-                         model_card=eval_args.model_card)
+                         dataset=dataset_name(data_for.get(kinds[0], data_args), kinds[0]),
+                         task="reward" if reward else "causal_lm", model_card=eval_args.model_card)
     return results
