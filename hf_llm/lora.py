@@ -121,6 +121,11 @@ class LoRASettings:
         return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
 
 
+def _check_settings(settings) -> None:
+    if not isinstance(settings, LoRASettings):
+        raise TypeError(f"settings must be a LoRASettings, got {type(settings).__name__}: LoRASettings(r=..., alpha=...).")
+
+
 class LoRALinear(nn.Module):
     """A frozen `nn.Linear` plus one or more named low-rank adapters; at most one is active.
 
@@ -186,8 +191,7 @@ class LoRALinear(nn.Module):
     def add_adapter(self, name: str, settings: LoRASettings) -> None:
         """Add a new adapter (inactive until `set_adapter(name)`) with these settings."""
         _check_adapter_name(name)
-        if not isinstance(settings, LoRASettings):
-            raise TypeError(f"settings must be a LoRASettings, got {type(settings).__name__}: LoRASettings(r=..., alpha=...).")
+        _check_settings(settings)
         r = settings.r
         if name in self.lora_A:
             raise ValueError(f"This layer already has an adapter named {name!r}; choose another adapter_name.")
@@ -436,8 +440,7 @@ def inject_lora(
     matches `modules_to_save`, or when the adapter name is already in use.
     """
     _check_adapter_name(adapter_name)
-    if not isinstance(settings, LoRASettings):
-        raise TypeError(f"settings must be a LoRASettings, got {type(settings).__name__}: LoRASettings(r=..., alpha=...).")
+    _check_settings(settings)
     if isinstance(model, LoRALinear) or type(model) is nn.Linear:
         raise ValueError("inject_lora adapts layers inside a model; wrap a lone nn.Linear with LoRALinear(layer, ...).")
     targets = find_target_modules(model, target_modules, require_every_target)
