@@ -23,7 +23,7 @@ from .adapters import adapter_disabled, peft_config_for
 from .errors import RecipeError
 from .evaluation import completion_logprobs, generate_answers, load_metric, pad_id, response_loss, reward_scores, scoring
 from .loading import check_vocab_agreement, load_model, refuse_missing_folder, resolve_tokenizer, reward_model_in_folder
-from .recipe_data import fit_prompts, load_rl_prompts
+from .recipe_data import fit_prompts, has_chat_template, load_rl_prompts
 
 logger = logging.getLogger("hf_llm")
 
@@ -139,7 +139,7 @@ def _refuse_untrained_score_head(path: str, flag: str):
 def warn_if_prompt_formats_differ(tokenizer, reward_tokenizer, policy_path: str, reward_path: str) -> None:
     """Warn when the policy is asked in a chat template and the reward model was trained without one, or the
     other way round: the reward model then scores prompts in a format it never saw, and its scores say little."""
-    policy_chat, reward_chat = tokenizer.chat_template is not None, reward_tokenizer.chat_template is not None
+    policy_chat, reward_chat = has_chat_template(tokenizer), has_chat_template(reward_tokenizer)
     if policy_chat == reward_chat:
         return
     logger.warning(
