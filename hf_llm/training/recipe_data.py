@@ -287,7 +287,9 @@ def sliding_blocks(stream: list[int], block_size: int, stride: int | None = None
 
 
 def blocks_dataset(texts, tokenizer, block_size: int, stride: int | None = None, split_name: str = "train") -> Dataset:
-    """A Dataset of `input_ids`/`labels` blocks built from `texts`; a clear error if the texts are too short."""
+    """A Dataset of `input_ids`/`attention_mask`/`labels` blocks built from `texts`; a clear error if the texts
+    are too short. Blocks are never padded: the all-ones mask says so, where end-of-text (GPT-2's pad id too)
+    between texts would otherwise look like padding to transformers' padding check."""
     if len(texts) == 0:
         raise RecipeError(f"The {split_name} texts are empty (is --max_train_samples / --max_eval_samples 0?). Give it some data.")
     stream = token_stream(texts, tokenizer, tokenizer.eos_token_id)
@@ -297,7 +299,8 @@ def blocks_dataset(texts, tokenizer, block_size: int, stride: int | None = None,
             f"The {split_name} texts give {len(stream)} tokens, fewer than one block of {block_size}. "
             f"Use more data or a smaller --block_size."
         )
-    return Dataset.from_dict({"input_ids": blocks, "labels": [list(b) for b in blocks]})
+    ones = [[1] * len(block) for block in blocks]
+    return Dataset.from_dict({"input_ids": blocks, "attention_mask": ones, "labels": [list(b) for b in blocks]})
 
 
 # The token sequences a preference pair becomes in the trainers: prompt + chosen, prompt + rejected.
