@@ -1,5 +1,5 @@
-"""Clients that consume GPT-2 checkpoints work on ours as on stock: transformers' ExecuTorch export, and
-EleutherAI's lm-evaluation-harness (lm-eval), on the model object and on a folder we save."""
+"""Clients that consume GPT-2 checkpoints work on ours as on stock: torch.export, transformers' ExecuTorch
+export, and EleutherAI's lm-evaluation-harness (lm-eval), on the model object and on a folder we save."""
 
 import math
 
@@ -14,6 +14,33 @@ from hf_llm import GPTForCausalLM
 from hf_llm.tokenization import load_gpt2_tokenizer
 
 from transformers.integrations import executorch
+
+
+def _torch_export(model, input_ids, attention_mask):
+    """The model's forward as a torch.export program with dynamic batch size and length."""
+    batch, length = torch.export.Dim("batch", max=8), torch.export.Dim("length", max=model.config.n_positions)
+    shapes = {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}, "use_cache": None}
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    return torch.export.export(model, args=(), kwargs=inputs, dynamic_shapes=shapes, strict=False).module()
+
+
+def test_torch_export_with_dynamic_shapes_matches_stock(tmp_path):
+    stock = save_stock_lm(tmp_path)
+    ours = GPTForCausalLM.from_pretrained(tmp_path).eval()
+    torch.manual_seed(1)
+    ids = torch.randint(0, stock.config.vocab_size, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a left-padded row
+    program, stock_program = _torch_export(ours, ids, mask), _torch_export(stock, ids, mask)
+    # The traced shapes and two others (the program is not specialised to the batch or length it saw).
+    for input_ids, attention_mask in [(ids, mask), (ids[:1, 2:], mask[:1, 2:]), (ids.repeat(2, 2), mask.repeat(2, 2))]:
+        with torch.no_grad():
+            expected = stock(input_ids=input_ids, attention_mask=attention_mask).logits
+        real = attention_mask.bool()  # padded positions' logits are not anything's output
+        for exported in (program, stock_program):
+            logits = exported(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            assert logits.shape == expected.shape
+            assert max_diff(logits[real], expected[real]) < 1e-5
 
 
 def _exported_logits(model, ids, max_cache_len=32):

@@ -42,7 +42,7 @@ class GPTLinear(nn.Linear):
     timed on that input and the faster one serves that shape and row count from then on, for every
     GPTLinear in the process (the choices are kept in `GPTLinear.few_rows_choices`). The two agree
     up to summation order. Set `few_rows_product` to "plain" or "transposed" to skip the timing.
-    More than `few_rows` rows, other devices and torch.compile take `F.linear`. Still an
+    More than `few_rows` rows, other devices, torch.compile and torch.export take `F.linear`. Still an
     `nn.Linear`: PEFT/LoRA wrap it as usual.
     """
 
@@ -51,8 +51,12 @@ class GPTLinear(nn.Linear):
     few_rows_choices: dict = {}  # (out, in, bias, rows rounded up, dtype, threads) -> "plain" | "transposed"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # Compiled and exported graphs take F.linear before the row count is read: a symbolic count
+        # compared here would tie the graph to few-row inputs (torch.export would guard batch x length).
+        if input.device.type != "cpu" or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return F.linear(input, self.weight, self.bias)
         rows = input.numel() // self.in_features if self.in_features else 0
-        if input.device.type != "cpu" or not 0 < rows <= self.few_rows or torch.compiler.is_compiling():
+        if not 0 < rows <= self.few_rows:
             return F.linear(input, self.weight, self.bias)
         product = self.few_rows_product or self._faster_product(input, rows)
         if product == "plain":
