@@ -135,8 +135,11 @@ def lm_eval_case(tmp_path_factory, shared_data):
 
 def test_lm_eval_scores_and_generates_on_our_model_as_on_stock(lm_eval_case):
     ours, tokenizer, pairs, stock_results = lm_eval_case
-    lm = HFLM(pretrained=ours, tokenizer=tokenizer, batch_size=2)
-    assert lm.backend == "causal" and lm.max_length == ours.config.n_positions
+    # Without `backend`, lm-eval does not find our model type in transformers' built-in list and falls back
+    # to the causal LM; the README's call names it.
+    assert HFLM(pretrained=ours, tokenizer=tokenizer, batch_size=2).backend == "causal"
+    lm = HFLM(pretrained=ours, tokenizer=tokenizer, backend="causal", batch_size=2)
+    assert lm.max_length == ours.config.n_positions
     _assert_same_lm_eval_results(_lm_eval_results(lm, pairs), stock_results)
 
 
