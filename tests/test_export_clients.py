@@ -1,8 +1,22 @@
 """Clients that consume GPT-2 checkpoints work on ours as on stock: torch.export, transformers' ExecuTorch
-export, and EleutherAI's lm-evaluation-harness (lm-eval), on the model object and on a folder we save."""
+export, EleutherAI's lm-evaluation-harness (lm-eval) on the model object and on a folder we save, and
+llama.cpp's GGUF converter on our `export_to_gpt2` folder.
 
+llama.cpp publishes its GGUF converter (`convert_hf_to_gguf.py`) in no package; `.ci/gguf-converter`
+fetches it into a cache folder outside the clone and prints its path, and the test reads that path from
+`$HF_LLM_GGUF_CONVERTER`, which `.ci/run` always sets. Without it the test is skipped outside CI (the
+reason says how to get the converter) and fails in CI. The converter runs on the test's own Python,
+offline, and its `gguf-py` reads the files back.
+"""
+
+import filecmp
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import max_diff, save_stock_lm
@@ -10,8 +24,8 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from transformers import GenerationConfig, GPT2LMHeadModel
 
-from hf_llm import GPTForCausalLM
-from hf_llm.tokenization import load_gpt2_tokenizer
+from hf_llm import GPTForCausalLM, load_gpt2_tokenizer
+from hf_llm.export import main as export_main
 
 from transformers.integrations import executorch
 
@@ -150,3 +164,96 @@ def test_lm_eval_loads_a_folder_we_save_by_path_as_stock_gpt2(lm_eval_case, tmp_
     lm = HFLM(pretrained=str(tmp_path), device="cpu", batch_size=2)
     assert type(lm.model) is GPT2LMHeadModel  # `model_type: gpt2`, so AutoModelForCausalLM gives stock
     _assert_same_lm_eval_results(_lm_eval_results(lm, pairs), stock_results)
+
+
+# --- llama.cpp's GGUF converter ---------------------------------------------------------------------
+
+GGUF_CONVERTER = "HF_LLM_GGUF_CONVERTER"
+
+
+def _gguf_converter() -> Path:
+    path = os.environ.get(GGUF_CONVERTER)
+    fetch = f'export {GGUF_CONVERTER}="$(bash .ci/gguf-converter)" fetches llama.cpp\'s convert_hf_to_gguf.py'
+    if not path:
+        if os.environ.get("CI"):
+            pytest.fail(f"{GGUF_CONVERTER} is not set; .ci/run sets it ({fetch})")
+        pytest.skip(f"{GGUF_CONVERTER} is not set: {fetch} (CI always sets it)")
+    if not Path(path).is_file():
+        pytest.fail(f"{GGUF_CONVERTER}={path} is not a file; {fetch}")
+    return Path(path)
+
+
+def _run_converter(converter: Path, folder: Path):
+    out = folder.parent / f"{folder.name}.gguf"
+    # general.name would otherwise come from the folder's name, the one field that may differ.
+    command = [sys.executable, str(converter), str(folder), "--outfile", str(out), "--outtype", "f32", "--model-name", "gpt2"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300), out
+
+
+def _convert_to_gguf(converter: Path, folder: Path) -> Path:
+    done, out = _run_converter(converter, folder)
+    assert done.returncode == 0, f"convert_hf_to_gguf.py {folder.name}:\n" + (done.stdout + done.stderr)[-3000:]
+    return out
+
+
+def _read_gguf(path: Path):
+    """(metadata, tensors): every key-value field, and each tensor's (type, shape, values), in file order."""
+    import gguf  # llama.cpp's gguf-py, from beside the converter
+
+    reader = gguf.GGUFReader(path)
+    metadata = {name: field.contents() for name, field in reader.fields.items()}
+    tensors = {t.name: (t.tensor_type, [int(n) for n in t.shape], np.asarray(t.data)) for t in reader.tensors}
+    return metadata, tensors
+
+
+def _gguf_differences(path: Path, reference: Path) -> str:
+    (metadata, tensors), (ref_metadata, ref_tensors) = _read_gguf(path), _read_gguf(reference)
+    fields = {
+        k: (repr(metadata.get(k))[:200], repr(ref_metadata.get(k))[:200])
+        for k in sorted(metadata.keys() | ref_metadata.keys()) if metadata.get(k) != ref_metadata.get(k)
+    }
+    unequal = sorted(
+        n for n in tensors.keys() | ref_tensors.keys()
+        if n not in tensors or n not in ref_tensors or tensors[n][:2] != ref_tensors[n][:2]
+        or not np.array_equal(tensors[n][2], ref_tensors[n][2])
+    )
+    return (
+        f"{path.name} differs from {reference.name}: fields (ours, stock) {fields}; tensors differing or missing on "
+        f"one side {unequal}; same tensor order: {list(tensors) == list(ref_tensors)}"
+    )
+
+
+def test_llama_cpp_converts_our_gpt2_export_as_it_converts_stock_gpt2(tmp_path, shared_data, monkeypatch):
+    converter = _gguf_converter()
+    monkeypatch.syspath_prepend(str(converter.parent / "gguf-py"))
+    # The converter recognises a tokenizer by hashing how it tokenizes a fixed text: the real GPT-2 vocabulary.
+    tokenizer = load_gpt2_tokenizer(shared_data / "gpt2-tokenizer")
+    eos = tokenizer.eos_token_id
+    # A model trained from scratch (transformers 5 writes no n_ctx for it), loaded and saved by ours,
+    # then exported with the README's command.
+    stock = save_stock_lm(tmp_path / "trained", vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos)
+    GPTForCausalLM.from_pretrained(tmp_path / "trained").save_pretrained(tmp_path / "ours")
+    tokenizer.save_pretrained(tmp_path / "ours")
+    export_main([str(tmp_path / "ours"), str(tmp_path / "export")])
+    # The same weights saved as stock GPT-2 is on the Hub, its config.json with n_ctx.
+    stock.config.n_ctx = stock.config.n_positions
+    stock.save_pretrained(tmp_path / "stock")
+    tokenizer.save_pretrained(tmp_path / "stock")
+
+    ours_gguf = _convert_to_gguf(converter, tmp_path / "export")
+    stock_gguf = _convert_to_gguf(converter, tmp_path / "stock")
+    # The same file, byte for byte: every field, every tensor's name, type, shape and values, in the same order.
+    assert filecmp.cmp(ours_gguf, stock_gguf, shallow=False), _gguf_differences(ours_gguf, stock_gguf)
+    # And it is GPT-2 with this model's context, vocabulary and weights.
+    metadata, tensors = _read_gguf(ours_gguf)
+    assert metadata["general.architecture"] == "gpt2"
+    assert metadata["gpt2.context_length"] == stock.config.n_positions
+    assert metadata["gpt2.block_count"] == stock.config.n_layer
+    assert (metadata["tokenizer.ggml.model"], metadata["tokenizer.ggml.pre"]) == ("gpt2", "gpt-2")
+    assert metadata["tokenizer.ggml.tokens"] == tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    assert metadata["tokenizer.ggml.eos_token_id"] == eos
+    assert np.array_equal(tensors["token_embd.weight"][2], stock.transformer.wte.weight.detach().numpy())
+
+    # A folder saved by ours names GPTForCausalLM in `architectures`, which the converter refuses: hence the export.
+    refused, _ = _run_converter(converter, tmp_path / "ours")
+    assert refused.returncode != 0 and "Model GPTForCausalLM is not supported" in refused.stdout + refused.stderr
