@@ -298,6 +298,20 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, recipe, extra, w
         assert torch.allclose(a[key], b[key], atol=1e-6), key
 
 
+def test_resume_skips_checkpoints_whose_trainer_state_is_missing_or_cut_short(tmp_path):
+    """A run killed while the Trainer wrote a checkpoint's trainer_state.json (the file exists, its text is cut
+    short) resumes from the checkpoint before, as one killed before that file was begun does."""
+    from hf_llm.training.output_dir import last_complete_checkpoint
+
+    for step, state in [(2, json.dumps({"global_step": 2})), (4, '{"global_step": 4, "log_hi'), (6, "")]:
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-8").mkdir()  # killed before trainer_state.json was begun
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text(json.dumps({"global_step": 6}))
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
+
+
 # --- rows longer than the context ---------------------------------------------------------------
 
 

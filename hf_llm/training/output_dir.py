@@ -18,12 +18,20 @@ RUN_FILE = "hf_llm_run.json"  # written when training starts, marked complete wh
 def last_complete_checkpoint(output_dir) -> str | None:
     """The newest `checkpoint-N` in `output_dir` whose write finished, or None.
 
-    The Trainer writes trainer_state.json last, so a checkpoint killed mid-write lacks it and is skipped.
+    The Trainer writes trainer_state.json last, so a checkpoint killed mid-write lacks it, or holds it cut
+    short (killed while that file was written), and is skipped.
     """
     if not Path(output_dir).is_dir():
         return None
-    complete = [c for c in sort_checkpoints(str(output_dir)) if (Path(c) / "trainer_state.json").is_file()]
+    complete = [c for c in sort_checkpoints(str(output_dir)) if _holds_trainer_state(Path(c))]
     return complete[-1] if complete else None
+
+
+def _holds_trainer_state(checkpoint: Path) -> bool:
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def read_run_file(output_dir) -> dict | None:
