@@ -23,22 +23,20 @@ def last_complete_checkpoint(output_dir) -> str | None:
     """
     if not Path(output_dir).is_dir():
         return None
-    complete = [c for c in sort_checkpoints(str(output_dir)) if _holds_trainer_state(Path(c))]
+    complete = [c for c in sort_checkpoints(str(output_dir)) if isinstance(_read_json(Path(c) / "trainer_state.json"), dict)]
     return complete[-1] if complete else None
 
 
-def _holds_trainer_state(checkpoint: Path) -> bool:
+def _read_json(path: Path):
+    """The JSON value in `path`, or None where the file is missing, unreadable or cut short."""
     try:
-        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text()), dict)
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
+        return None
 
 
 def read_run_file(output_dir) -> dict | None:
-    try:
-        return json.loads((Path(output_dir) / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    return _read_json(Path(output_dir) / RUN_FILE)
 
 
 def mark_run(output_dir, recipe: str, completed: bool, **extra):
