@@ -31,7 +31,7 @@ from transformers.modeling_layers import GenericForSequenceClassification, Gradi
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling, is_torchdynamo_exporting
+from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
@@ -355,7 +355,7 @@ class GPTModel(GPTPreTrainedModel):
 
     def _check_inputs(self, input_ids, position_ids, past_length, length):
         """Clear errors for inputs that would otherwise fail deep inside (or silently read past a table)."""
-        if is_torchdynamo_compiling() or is_torchdynamo_exporting():
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return  # data-dependent checks would break the graph; compiled and exported callers are trusted
         # Explicit position_ids may restart within a row (several documents packed into one), so then
         # only the positions themselves are bounded, not the row's length.

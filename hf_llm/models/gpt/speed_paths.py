@@ -24,7 +24,6 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.utils import is_torchdynamo_compiling, is_torchdynamo_exporting
 
 # --------------------------------------------------------------------------------------------------
 # Decoding: the few-row product
@@ -54,7 +53,7 @@ class GPTLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # Compiled and exported graphs take F.linear before the row count is read: a symbolic count
         # compared here would tie the graph to few-row inputs (torch.export would guard batch x length).
-        if input.device.type != "cpu" or is_torchdynamo_compiling() or is_torchdynamo_exporting():
+        if input.device.type != "cpu" or torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return F.linear(input, self.weight, self.bias)
         rows = input.numel() // self.in_features if self.in_features else 0
         if not 0 < rows <= self.few_rows:
@@ -340,7 +339,7 @@ def tied_head_gradient_for(wte: nn.Module, lm_head: nn.Module) -> TiedHeadGradie
         and wte.weight.requires_grad
         and wte.weight.device.type == "cpu"
         and torch.is_grad_enabled()
-        and not is_torchdynamo_compiling()
+        and not torch.compiler.is_compiling()
     )
     return TiedHeadGradient() if usable else None
 
